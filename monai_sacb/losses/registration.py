@@ -1,0 +1,131 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from monai.losses import BendingEnergyLoss, DiffusionLoss, GlobalMutualInformationLoss, LocalNormalizedCrossCorrelationLoss
+
+from monai_sacb.losses.diffusion import ForwardDiffusionLoss
+
+__all__ = ["RegistrationLoss", "SIMILARITY_NAMES", "REGULARIZATION_NAMES", "PAPER_REG_WEIGHTS"]
+
+SIMILARITY_NAMES = ("lncc", "mse", "mi")
+REGULARIZATION_NAMES = ("diffusion", "bending", "monai_diffusion")
+
+#: lambda of the paper per data set (Abdomen CT: the paper used values between 0.3 and 0.5).
+PAPER_REG_WEIGHTS = {"ixi": 3.0, "lpba": 1.0, "abdomen_ct": 0.3}
+
+
+def _build_similarity(name: str, spatial_dims: int, kwargs: Mapping[str, Any]) -> nn.Module:
+    if name == "lncc":
+        # the paper's NCC: squared local correlation in a 9^3 box window, negated
+        options = {"kernel_size": 9, "kernel_type": "rectangular", **kwargs}
+        return LocalNormalizedCrossCorrelationLoss(spatial_dims=spatial_dims, **options)
+    if name == "mse":
+        return nn.MSELoss(**kwargs)
+    if name == "mi":
+        return GlobalMutualInformationLoss(**kwargs)
+    raise ValueError(f"unknown similarity {name!r}, valid options are {', '.join(map(repr, SIMILARITY_NAMES))}.")
+
+
+def _build_regularization(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
+    if name == "diffusion":
+        return ForwardDiffusionLoss(**kwargs)
+    if name == "bending":
+        return BendingEnergyLoss(**kwargs)
+    if name == "monai_diffusion":
+        return DiffusionLoss(**kwargs)
+    raise ValueError(
+        f"unknown regularization {name!r}, valid options are {', '.join(map(repr, REGULARIZATION_NAMES))}."
+    )
+
+
+class RegistrationLoss(nn.Module):
+    """
+    The unsupervised registration objective of SACB-Net::
+
+        loss = similarity(warped, fixed) + reg_weight * regularization(ddf)
+
+    With the defaults this is the paper's loss: negated squared local normalised cross-correlation in a
+    9x9x9 window (MONAI ``LocalNormalizedCrossCorrelationLoss``, minimum -1 for a perfect match) plus
+    ``lambda`` times the mean squared forward-difference gradient of the ddf
+    (:py:class:`monai_sacb.losses.ForwardDiffusionLoss`, zero for a constant field).
+    The paper's ``lambda``: IXI 3, LPBA40 1, Abdomen CT 0.3 to 0.5 (see ``PAPER_REG_WEIGHTS``).
+
+    Args:
+        similarity: ``"lncc"`` (default), ``"mse"`` (``torch.nn.MSELoss``, minimum 0) or ``"mi"``
+            (MONAI ``GlobalMutualInformationLoss``, negated mutual information, for multi-modal pairs).
+        regularization: ``"diffusion"`` (default, forward differences, the paper's),
+            ``"bending"`` (MONAI ``BendingEnergyLoss``) or ``"monai_diffusion"`` (MONAI ``DiffusionLoss``:
+            central differences summed over axes, ``spatial_dims`` times larger than ``"diffusion"`` on an
+            affine field; see :py:class:`ForwardDiffusionLoss`).
+        reg_weight: ``lambda``, the weight of the regulariser (>= 0). Defaults to 1.0.
+        spatial_dims: number of spatial dimensions (used by LNCC). Defaults to 3.
+        similarity_kwargs: extra arguments for the similarity loss, e.g. ``{"kernel_size": 7}`` for LNCC or
+            ``{"num_bins": 32}`` for MI; they override the defaults above.
+        regularization_kwargs: extra arguments for the regulariser, e.g. ``{"normalize": True}`` for bending.
+
+    After each call, ``last_terms`` holds the detached parts ``{"similarity", "regularization", "loss"}``
+    (0-dim tensors) so that a trainer can log them.
+
+    Use with ``monai.engines.SupervisedTrainer``: the trainer calls ``loss_function(pred, targets)``; when the
+    network returns ``(warped, ddf)`` and ``targets`` is the fixed image, pass the tuple as the first argument
+    and leave ``ddf`` out: ``loss((warped, ddf), fixed)`` equals ``loss(warped, fixed, ddf)``.
+    """
+
+    def __init__(
+        self,
+        similarity: str = "lncc",
+        regularization: str = "diffusion",
+        reg_weight: float = 1.0,
+        spatial_dims: int = 3,
+        similarity_kwargs: Mapping[str, Any] | None = None,
+        regularization_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if reg_weight < 0:
+            raise ValueError(f"reg_weight must be >= 0, got {reg_weight}.")
+        self.similarity_name = str(similarity).lower()
+        self.regularization_name = str(regularization).lower()
+        self.similarity = _build_similarity(self.similarity_name, spatial_dims, similarity_kwargs or {})
+        self.regularization = _build_regularization(self.regularization_name, regularization_kwargs or {})
+        self.reg_weight = float(reg_weight)
+        self.spatial_dims = spatial_dims
+        self.last_terms: dict[str, torch.Tensor] = {}
+
+    def forward(
+        self,
+        warped: torch.Tensor | Sequence[torch.Tensor],
+        fixed: torch.Tensor,
+        ddf: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            warped: the moving image warped by ``ddf``, shape (B, C, *spatial), or a ``(warped, ddf)`` pair
+                (the output of ``SACBNet``) when ``ddf`` is None.
+            fixed: the fixed image, shape (B, C, *spatial).
+            ddf: displacement field in voxels, shape (B, spatial_dims, *spatial).
+
+        Returns:
+            the scalar loss (0-dim tensor).
+        """
+        if ddf is None:
+            if isinstance(warped, torch.Tensor) or len(warped) != 2:
+                raise ValueError("ddf is missing: call loss(warped, fixed, ddf) or loss((warped, ddf), fixed).")
+            warped, ddf = warped
+        if ddf.ndim != self.spatial_dims + 2 or ddf.shape[1] != self.spatial_dims:
+            raise ValueError(
+                f"expecting a ddf of shape (B, {self.spatial_dims}, *spatial), got {tuple(ddf.shape)}; "
+                "check spatial_dims and that the network returns (warped, ddf) in this order."
+            )
+        sim = self.similarity(warped, fixed)
+        reg = self.regularization(ddf)
+        loss = sim + self.reg_weight * reg
+        self.last_terms = {"similarity": sim.detach(), "regularization": reg.detach(), "loss": loss.detach()}
+        return loss

@@ -1,0 +1,155 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.losses import BendingEnergyLoss, DiffusionLoss, GlobalMutualInformationLoss
+
+from monai_sacb.losses import ForwardDiffusionLoss, RegistrationLoss
+
+
+def _ramp_ddf(shape, slopes):
+    """ddf whose channel i is slopes[i] * coordinate along axis i, shape (1, 3, *shape)."""
+    grids = torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in shape], indexing="ij")
+    return torch.stack([a * g for a, g in zip(slopes, grids)])[None]
+
+
+@pytest.fixture
+def images():
+    torch.manual_seed(0)
+    return torch.rand(2, 1, 16, 16, 16)
+
+
+def test_identical_images_zero_ddf_reach_the_minimum(images):
+    loss = RegistrationLoss()
+    value = loss(images, images, torch.zeros(2, 3, 16, 16, 16))
+    assert value.ndim == 0
+    assert value.item() == pytest.approx(-1.0, abs=1e-4)
+    assert loss.last_terms["similarity"].item() == pytest.approx(-1.0, abs=1e-4)
+    assert loss.last_terms["regularization"].item() == 0.0
+    assert loss.last_terms["loss"].item() == pytest.approx(value.item())
+
+
+def test_default_is_the_papers_ncc_window():
+    loss = RegistrationLoss()
+    assert loss.similarity.kernel_size == 9
+    assert torch.equal(loss.similarity.kernel, torch.ones(9))  # rectangular
+    assert isinstance(loss.regularization, ForwardDiffusionLoss)
+
+
+def test_diffusion_of_a_linear_ramp_matches_hand_computation():
+    # channel 0 = 0.5 * x, channel 1 = 0, channel 2 = 0.2 * z: forward differences are 0.5 (axis 0 of
+    # channel 0) and 0.2 (axis 2 of channel 2), zero elsewhere. Per axis, the mean over the 3 channels is
+    # 0.25 / 3 (axis 0), 0 (axis 1), 0.04 / 3 (axis 2); the mean over the 3 axes is 0.29 / 9.
+    ddf = _ramp_ddf((8, 10, 12), (0.5, 0.0, 0.2))
+    expected = (0.5**2 + 0.2**2) / 9
+    assert ForwardDiffusionLoss()(ddf).item() == pytest.approx(expected, rel=1e-6)
+    # MONAI's central-difference DiffusionLoss sums over axes: 3x on an affine field (documented)
+    assert DiffusionLoss()(ddf).item() == pytest.approx(3 * expected, rel=1e-5)
+
+
+def test_diffusion_hand_computation_random_field():
+    torch.manual_seed(1)
+    ddf = torch.randn(2, 3, 5, 6, 7)
+    per_axis = [
+        ((ddf[:, :, 1:] - ddf[:, :, :-1]) ** 2).mean(),
+        ((ddf[:, :, :, 1:] - ddf[:, :, :, :-1]) ** 2).mean(),
+        ((ddf[..., 1:] - ddf[..., :-1]) ** 2).mean(),
+    ]
+    assert ForwardDiffusionLoss()(ddf).item() == pytest.approx(sum(per_axis).item() / 3, rel=1e-6)
+    assert ForwardDiffusionLoss(reduction="none")(ddf).shape == (2,)
+
+
+def test_forward_diffusion_penalises_a_checkerboard():
+    ddf = torch.zeros(1, 2, 6, 6)
+    ddf[:, :, ::2] = 1.0  # alternates along axis 0
+    assert DiffusionLoss()(ddf).item() == 0.0  # central differences miss it
+    assert ForwardDiffusionLoss()(ddf).item() == pytest.approx(0.5)  # axis 0: 1, axis 1: 0
+
+
+def test_constant_ddf_has_no_regularization(images):
+    loss = RegistrationLoss(reg_weight=5.0)
+    loss(images, images, torch.full((2, 3, 16, 16, 16), 2.5))
+    assert loss.last_terms["regularization"].item() == 0.0
+
+
+def test_weight_scales_only_the_regulariser(images):
+    torch.manual_seed(2)
+    fixed = torch.rand_like(images)
+    ddf = torch.randn(2, 3, 16, 16, 16)
+    base = RegistrationLoss(reg_weight=0.0)
+    sim = base(images, fixed, ddf)
+    reg = base.last_terms["regularization"]
+    assert reg > 0
+    for weight in (0.3, 1.0, 3.0):
+        value = RegistrationLoss(reg_weight=weight)(images, fixed, ddf)
+        assert value.item() == pytest.approx((sim + weight * reg).item(), rel=1e-5)
+
+
+def test_pred_tuple_for_supervised_trainer(images):
+    torch.manual_seed(3)
+    fixed, ddf = torch.rand_like(images), torch.randn(2, 3, 16, 16, 16)
+    loss = RegistrationLoss(reg_weight=3.0)
+    assert torch.allclose(loss((images, ddf), fixed), loss(images, fixed, ddf))
+    with pytest.raises(ValueError, match="ddf is missing"):
+        loss(images, fixed)
+
+
+def test_gradients_flow_to_warped_and_ddf(images):
+    warped = images.clone().requires_grad_(True)
+    ddf = torch.randn(2, 3, 16, 16, 16, requires_grad=True)
+    RegistrationLoss()(warped, torch.rand_like(images), ddf).backward()
+    assert warped.grad is not None and warped.grad.abs().sum() > 0
+    assert ddf.grad is not None and ddf.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "similarity, regularization, sim_type, reg_type",
+    [
+        ("mse", "bending", torch.nn.MSELoss, BendingEnergyLoss),
+        ("MI", "monai_diffusion", GlobalMutualInformationLoss, DiffusionLoss),
+        ("lncc", "Diffusion", torch.nn.Module, ForwardDiffusionLoss),
+    ],
+)
+def test_selectable_options(images, similarity, regularization, sim_type, reg_type):
+    loss = RegistrationLoss(similarity=similarity, regularization=regularization)
+    assert isinstance(loss.similarity, sim_type)
+    assert isinstance(loss.regularization, reg_type)
+    value = loss(images, images, torch.zeros(2, 3, 16, 16, 16))
+    assert torch.isfinite(value)
+    assert loss.last_terms["regularization"].item() == 0.0
+
+
+def test_mse_minimum_is_zero(images):
+    loss = RegistrationLoss(similarity="mse")
+    assert loss(images, images, torch.zeros(2, 3, 16, 16, 16)).item() == 0.0
+    assert loss(images, images + 0.5, torch.zeros(2, 3, 16, 16, 16)).item() == pytest.approx(0.25)
+
+
+def test_mi_prefers_the_aligned_pair(images):
+    loss = RegistrationLoss(similarity="mi", reg_weight=0.0)
+    zero = torch.zeros(2, 3, 16, 16, 16)
+    aligned = loss(images, images, zero)
+    shuffled = loss(images, torch.roll(images, shifts=5, dims=2), zero)
+    assert aligned < shuffled
+
+
+def test_kwargs_override_defaults():
+    loss = RegistrationLoss(similarity_kwargs={"kernel_size": 5}, spatial_dims=2)
+    assert loss.similarity.kernel_size == 5
+    x = torch.rand(1, 1, 12, 12)
+    assert loss(x, x, torch.zeros(1, 2, 12, 12)).item() == pytest.approx(-1.0, abs=1e-4)
+
+
+def test_bad_names_and_arguments():
+    with pytest.raises(ValueError, match="unknown similarity 'ncc'.*'lncc', 'mse', 'mi'"):
+        RegistrationLoss(similarity="ncc")
+    with pytest.raises(ValueError, match="unknown regularization 'l2'.*'diffusion', 'bending'"):
+        RegistrationLoss(regularization="l2")
+    with pytest.raises(ValueError, match="reg_weight"):
+        RegistrationLoss(reg_weight=-1.0)
+    x = torch.rand(1, 1, 8, 8, 8)
+    with pytest.raises(ValueError, match="ddf of shape"):
+        RegistrationLoss()(x, x, torch.zeros(1, 1, 8, 8, 8))
