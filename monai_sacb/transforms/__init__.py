@@ -1,0 +1,9 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+from .check import CheckPaird
+from .io import LoadPaird
+from .preprocessing import INTENSITY_OPTIONS, pair_preprocessing
+from .warp import Warpd

@@ -1,0 +1,143 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from monai.data import ImageReader
+from monai.transforms import (
+    Compose,
+    DivisiblePadd,
+    EnsureTyped,
+    NormalizeIntensityd,
+    Orientationd,
+    ResampleToMatchd,
+    ScaleIntensityd,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+)
+from monai.transforms.transform import MapTransform
+
+from monai_sacb.transforms.check import CheckPaird
+from monai_sacb.transforms.io import LoadPaird
+
+__all__ = ["pair_preprocessing", "INTENSITY_OPTIONS"]
+
+INTENSITY_OPTIONS = ("percentile", "minmax", "zscore")
+
+
+def _intensity(keys: Sequence[str], intensity: str | Sequence[float] | None) -> list[MapTransform]:
+    if intensity is None:
+        return []
+    if isinstance(intensity, str):
+        name = intensity.lower()
+        if name == "percentile":
+            # robust to a few hot voxels, unlike min-max
+            return [
+                ScaleIntensityRangePercentilesd(
+                    keys, lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True, allow_missing_keys=True
+                )
+            ]
+        if name == "minmax":
+            return [ScaleIntensityd(keys, minv=0.0, maxv=1.0, allow_missing_keys=True)]
+        if name == "zscore":
+            return [NormalizeIntensityd(keys, allow_missing_keys=True)]
+    elif len(intensity) == 2:
+        a_min, a_max = (float(v) for v in intensity)
+        return [ScaleIntensityRanged(keys, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True, allow_missing_keys=True)]
+    raise ValueError(
+        f"unknown intensity {intensity!r}: use one of {', '.join(map(repr, INTENSITY_OPTIONS))}, "
+        "a window (a_min, a_max) mapped to [0, 1] with clipping (e.g. (-500, 800) for CT), or None."
+    )
+
+
+def pair_preprocessing(
+    image_keys: Sequence[str] = ("moving_image", "fixed_image"),
+    label_keys: Sequence[str] | None = ("moving_label", "fixed_label"),
+    spacing: Sequence[float] | float | None = None,
+    orientation: str | None = "RAS",
+    intensity: str | Sequence[float] | None = "percentile",
+    divisible: Sequence[int] | int | None = 16,
+    resample_to_fixed: bool = False,
+    load: bool = True,
+    reader: type[ImageReader] | str | None = None,
+    check: bool = True,
+    check_affine: bool = True,
+    affine_atol: float = 1e-3,
+) -> Compose:
+    """
+    Build the preprocessing of a registration pair so that moving and fixed (and their labels) end on one
+    voxel grid, ready for ``SACBNet``:
+
+        LoadPaird (errors name key and file) -> Orientationd -> Spacingd (images bilinear, labels nearest)
+        -> [ResampleToMatchd moving onto fixed] -> intensity normalisation (images only)
+        -> DivisiblePadd(k=divisible) -> EnsureTyped(float32) -> CheckPaird
+
+    Input: a dictionary of file paths (or, with ``load=False``, channel-first arrays/MetaTensors) under
+    ``image_keys`` (moving first, fixed second) and optional ``label_keys`` (same order; missing labels are
+    skipped). Output: MetaTensors of shape (1, *spatial), float32, spatial sizes divisible by ``divisible``,
+    affines in RAS millimetres; labels keep integer values (nearest-neighbour resampling, zero padding).
+
+    Args:
+        image_keys: (moving, fixed) image keys.
+        label_keys: (moving, fixed) label keys, or None for image-only pairs.
+        spacing: output voxel size in mm (one number or one per axis), None to keep the file's grid.
+            E.g. 2.0 for a fast CPU run; None for data already resampled (IXI, LPBA40, Learn2Reg).
+        orientation: axis codes such as ``"RAS"``, None to keep the file's axis order.
+        intensity: ``"percentile"`` (default: 0.5th-99.5th percentile to [0, 1], clipped), ``"minmax"``
+            ([0, 1]), ``"zscore"`` (zero mean, unit variance), a window ``(a_min, a_max)`` mapped to [0, 1]
+            with clipping (CT, e.g. ``(-500, 800)``), or None.
+        divisible: pad (symmetric, zeros) so every spatial size is divisible by this; SACB-Net needs 16.
+            None or 0 to skip.
+        resample_to_fixed: resample the moving image and label onto the fixed image's grid (world
+            coordinates). Needed when the pair comes from different grids; with False, such pairs are
+            rejected by the final check.
+        load: start with ``LoadPaird`` (paths in the dictionary). False when the items are already arrays.
+        reader: reader for ``LoadPaird`` (e.g. ``"NibabelReader"``, ``"ITKReader"``); None lets MONAI choose.
+        check: end with :py:class:`CheckPaird` (same grid, labels match, finite intensities).
+        check_affine, affine_atol: passed to ``CheckPaird``.
+
+    Returns:
+        a ``monai.transforms.Compose``; usable as ``_target_`` in a bundle config.
+    """
+    image_keys = list(image_keys)
+    label_keys = list(label_keys) if label_keys else []
+    if len(image_keys) != 2 or (label_keys and len(label_keys) != 2):
+        raise ValueError(
+            f"expecting (moving, fixed) keys, got image_keys={image_keys}, label_keys={label_keys or None}."
+        )
+    all_keys = image_keys + label_keys
+    modes = ["bilinear"] * len(image_keys) + ["nearest"] * len(label_keys)
+    transforms: list = []
+    if load:
+        transforms.append(LoadPaird(image_keys, reader=reader, ensure_channel_first=True))
+        if label_keys:
+            transforms.append(LoadPaird(label_keys, reader=reader, ensure_channel_first=True, allow_missing_keys=True))
+    if orientation:
+        transforms.append(Orientationd(all_keys, axcodes=orientation, labels=None, allow_missing_keys=True))
+    if spacing is not None:
+        transforms.append(Spacingd(all_keys, pixdim=spacing, mode=modes, allow_missing_keys=True))
+    if resample_to_fixed:
+        moving_keys = [image_keys[0]] + label_keys[:1]
+        transforms.append(
+            ResampleToMatchd(
+                moving_keys,
+                key_dst=image_keys[1],
+                mode=["bilinear", "nearest"][: len(moving_keys)],
+                padding_mode=["border", "zeros"][: len(moving_keys)],
+                allow_missing_keys=True,
+            )
+        )
+    transforms += _intensity(image_keys, intensity)
+    if divisible:
+        transforms.append(DivisiblePadd(all_keys, k=divisible, allow_missing_keys=True))
+    transforms.append(EnsureTyped(all_keys, dtype=torch.float32, allow_missing_keys=True))
+    if check:
+        transforms.append(
+            CheckPaird(image_keys, label_keys or None, check_affine=check_affine, affine_atol=affine_atol)
+        )
+    return Compose(transforms)

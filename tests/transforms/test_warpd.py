@@ -1,0 +1,108 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from monai_sacb.transforms import Warpd
+
+SPATIAL = (12, 10, 8)
+
+
+@pytest.fixture
+def item():
+    torch.manual_seed(0)
+    fixed_affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=torch.float64))
+    fixed_affine[:3, 3] = torch.tensor([-10.0, 4.0, 7.0], dtype=torch.float64)
+    return {
+        "moving_image": MetaTensor(torch.rand(1, *SPATIAL), meta={"filename_or_obj": "moving.nii.gz"}),
+        "moving_label": MetaTensor(
+            torch.randint(0, 5, (1, *SPATIAL)).float(), meta={"filename_or_obj": "moving_seg.nii.gz"}
+        ),
+        "fixed_image": MetaTensor(torch.rand(1, *SPATIAL), affine=fixed_affine, meta={"filename_or_obj": "fixed.nii.gz"}),
+        "ddf": torch.zeros(3, *SPATIAL),
+    }
+
+
+def _warp(keys=("moving_image", "moving_label"), mode=("bilinear", "nearest"), **kwargs):
+    return Warpd(list(keys), ddf_key="ddf", mode=list(mode), **kwargs)
+
+
+def test_zero_ddf_is_identity(item):
+    out = _warp()(item)
+    assert torch.allclose(out["moving_image"].as_tensor(), item["moving_image"].as_tensor(), atol=1e-6)
+    assert torch.equal(out["moving_label"].as_tensor(), item["moving_label"].as_tensor())
+
+
+@pytest.mark.parametrize("axis, shift", [(0, 2), (1, -3), (2, 1)])
+def test_integer_shift_moves_by_exactly_that_many_voxels(item, axis, shift):
+    item["ddf"][axis] = float(shift)
+    out = _warp()(item)
+    n = SPATIAL[axis]
+    # warped(p) = moving(p + shift) wherever p + shift is inside the image
+    dst = slice(max(0, -shift), n - max(0, shift))
+    src = slice(max(0, shift), n - max(0, -shift))
+    index_dst = [slice(None)] * 4
+    index_src = [slice(None)] * 4
+    index_dst[axis + 1], index_src[axis + 1] = dst, src
+    warped_label = out["moving_label"].as_tensor()
+    assert torch.equal(warped_label[tuple(index_dst)], item["moving_label"].as_tensor()[tuple(index_src)])
+    assert torch.allclose(
+        out["moving_image"].as_tensor()[tuple(index_dst)],
+        item["moving_image"].as_tensor()[tuple(index_src)],
+        atol=1e-5,
+    )
+
+
+def test_labels_remain_integer_under_nearest(item):
+    torch.manual_seed(1)
+    item["ddf"] = 2.5 * torch.randn(3, *SPATIAL)
+    item["int_label"] = item["moving_label"].as_tensor().to(torch.int64)
+    out = _warp(keys=("moving_label", "int_label", "moving_image"), mode=("nearest", "nearest", "bilinear"))(item)
+    label = out["moving_label"]
+    assert torch.equal(label, label.round())
+    assert set(torch.unique(label).tolist()) <= set(range(5))
+    assert out["int_label"].dtype == torch.int64
+    assert torch.equal(out["int_label"].float().as_tensor(), label.as_tensor())
+    # bilinear produces values between neighbours, not only the original ones
+    assert not torch.equal(out["moving_image"], item["moving_image"])
+
+
+def test_output_takes_the_fixed_geometry_and_keeps_the_moving_name(item):
+    out = _warp()(item)
+    for key, name in (("moving_image", "moving.nii.gz"), ("moving_label", "moving_seg.nii.gz")):
+        assert isinstance(out[key], MetaTensor)
+        assert torch.equal(out[key].affine, item["fixed_image"].affine)
+        assert out[key].meta["filename_or_obj"] == name
+    assert item["fixed_image"].meta["filename_or_obj"] == "fixed.nii.gz"  # reference not modified
+
+
+def test_output_keys_keep_the_inputs(item):
+    item["ddf"][0] = 1.0
+    out = _warp(output_keys=["warped_image", "warped_label"])(item)
+    assert out["moving_image"] is item["moving_image"]
+    assert out["warped_image"].shape == item["moving_image"].shape
+    assert not torch.equal(out["warped_label"].as_tensor(), item["moving_label"].as_tensor())
+
+
+def test_missing_optional_label_and_plain_tensors():
+    image = torch.arange(2 * 6 * 5, dtype=torch.float32).reshape(2, 6, 5)  # 2 channels, 2D
+    ddf = torch.zeros(2, 6, 5)
+    ddf[1] = 1.0
+    out = Warpd(["image", "label"], mode=["bilinear", "nearest"], allow_missing_keys=True)({"image": image, "ddf": ddf})
+    assert "label" not in out
+    assert not isinstance(out["image"], MetaTensor)
+    assert torch.allclose(out["image"][:, :, :-1], image[:, :, 1:], atol=1e-5)
+
+
+def test_errors(item):
+    item["ddf"] = torch.zeros(1, 3, *SPATIAL)  # batched ddf
+    with pytest.raises(ValueError, match="without batch dimension"):
+        _warp()(item)
+    with pytest.raises(KeyError, match="'flow' not found"):
+        Warpd("moving_image", ddf_key="flow")(item)
+    with pytest.raises(ValueError, match="one entry per key"):
+        Warpd(["a", "b"], output_keys=["c"])
