@@ -1,0 +1,126 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+"""Standard deviation of the log Jacobian determinant (SDlogJ), the Learn2Reg smoothness measure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai.metrics import CumulativeIterationMetric
+from monai.metrics.utils import do_metric_reduction
+from monai.utils import MetricReduction
+
+from .jacobian import jacobian_determinant
+from .utils import SpacingLike, evaluation_region
+
+__all__ = ["SDLogJacobianMetric", "sd_log_jacobian"]
+
+
+def sd_log_jacobian(
+    ddf: torch.Tensor | np.ndarray,
+    mask: torch.Tensor | None = None,
+    spacing: SpacingLike | None = None,
+    border: int = 0,
+    eps: float = 1e-9,
+) -> torch.Tensor:
+    """
+    Standard deviation of ``log(max(det J, eps))`` over the voxels of each case (SDlogJ, as in Learn2Reg).
+
+    Learn2Reg conventions: the determinant is clipped to the floor ``eps`` (default 1e-9) before the log, so a
+    folded voxel contributes ``log(eps)`` (about -20.7) rather than NaN, and the standard deviation is the
+    population one (divisor N, like ``numpy.std``). Learn2Reg also evaluates inside the fixed image's mask and
+    drops a border of 2 voxels: pass ``mask`` and ``border=2`` to do the same. The default (``border=0``,
+    no mask) takes every voxel, with the one-sided differences of
+    :py:func:`monai_sacb.metrics.jacobian_determinant` on the outermost voxels.
+
+    Any affine ddf gives 0 (its determinant is constant).
+
+    Args:
+        ddf: displacement field in voxels, shape (B, spatial_dims, *spatial), channel ``i`` along axis ``i``.
+        mask: optional (B, 1, *spatial) map; only its nonzero voxels count.
+        spacing: only for a ddf in mm, see :py:func:`monai_sacb.metrics.jacobian_determinant`.
+        border: voxels dropped on each side of every axis.
+        eps: positive floor applied to the determinant before the log.
+
+    Returns:
+        a (B,) tensor (dimensionless); NaN for a case whose evaluation region is empty.
+    """
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}.")
+    det = jacobian_determinant(ddf, spacing=spacing)
+    region = evaluation_region(det.shape, mask=mask, border=border, device=det.device).flatten(1)
+    # sums over millions of voxels: accumulate in float64
+    log_det = torch.log(det.clamp_min(eps)).flatten(1).double()
+    count = region.sum(1).double()
+    mean = torch.where(region, log_det, 0.0).sum(1) / count
+    var = torch.where(region, (log_det - mean[:, None]) ** 2, 0.0).sum(1) / count
+    return var.sqrt().to(det.dtype)
+
+
+class SDLogJacobianMetric(CumulativeIterationMetric):
+    """
+    Standard deviation of the log Jacobian determinant of a displacement field, accumulated over iterations.
+    See :py:func:`sd_log_jacobian` for the conventions (clipping floor, population std, border, mask).
+
+    Call it with ``y_pred`` = the ddf (B, spatial_dims, *spatial) in voxels and, optionally, ``y`` = a mask
+    (B, 1, *spatial) restricting the statistic to its nonzero voxels. Each call buffers a (B, 1) tensor;
+    ``aggregate()`` reduces the buffer like MONAI's metrics.
+
+    Args:
+        spacing: only for a ddf in mm, see :py:func:`monai_sacb.metrics.jacobian_determinant`; a ``spacing=``
+            keyword given to a call overrides it.
+        border: voxels dropped on each side of every axis (Learn2Reg uses 2).
+        eps: positive floor applied to the determinant before the log.
+        reduction: mode of reduction of the buffered (N, 1) values, applied to not-NaN values only; one of
+            :py:class:`monai.utils.enums.MetricReduction`.
+        get_not_nans: whether ``aggregate()`` also returns the count of not-NaN values, ``(metric, not_nans)``.
+    """
+
+    def __init__(
+        self,
+        spacing: SpacingLike | None = None,
+        border: int = 0,
+        eps: float = 1e-9,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        get_not_nans: bool = False,
+    ) -> None:
+        super().__init__()
+        self.spacing = spacing
+        self.border = border
+        self.eps = eps
+        self.reduction = reduction
+        self.get_not_nans = get_not_nans
+
+    def _compute_tensor(  # type: ignore[override]
+        self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """
+        Args:
+            y_pred: ddf, shape (B, spatial_dims, *spatial).
+            y: optional mask, shape (B, 1, *spatial).
+            kwargs: ``spacing`` overrides the constructor's.
+
+        Returns:
+            (B, 1) SDlogJ values.
+        """
+        spacing = kwargs.get("spacing", self.spacing)
+        return sd_log_jacobian(y_pred, mask=y, spacing=spacing, border=self.border, eps=self.eps).unsqueeze(1)
+
+    def aggregate(
+        self, reduction: MetricReduction | str | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """
+        Reduce the buffered (N, 1) values.
+
+        Args:
+            reduction: overrides ``self.reduction`` for this call.
+        """
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError(f"the data to aggregate must be a PyTorch Tensor, got {type(data)}.")
+        f, not_nans = do_metric_reduction(data, reduction or self.reduction)
+        return (f, not_nans) if self.get_not_nans else f
