@@ -153,3 +153,41 @@ def test_bad_names_and_arguments():
     x = torch.rand(1, 1, 8, 8, 8)
     with pytest.raises(ValueError, match="ddf of shape"):
         RegistrationLoss()(x, x, torch.zeros(1, 1, 8, 8, 8))
+
+
+def test_plugs_into_supervised_trainer():
+    from monai.engines import SupervisedTrainer
+    from monai.networks.blocks import Warp
+
+    class TinyReg(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(2, 3, 3, padding=1)
+            self.warp = Warp()
+
+        def forward(self, x):
+            ddf = self.conv(x)
+            return self.warp(x[:, :1], ddf), ddf
+
+    def prepare_batch(batch, device=None, non_blocking=False, **kwargs):
+        moving, fixed = batch["moving_image"], batch["fixed_image"]
+        return torch.cat([moving, fixed], dim=1), fixed
+
+    torch.manual_seed(0)
+    data = [{"moving_image": torch.rand(1, 1, 8, 8, 8), "fixed_image": torch.rand(1, 1, 8, 8, 8)}] * 2
+    net = TinyReg()
+    loss = RegistrationLoss(similarity_kwargs={"kernel_size": 3})
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=data,
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-3),
+        loss_function=loss,
+        prepare_batch=prepare_batch,
+        decollate=False,
+    )
+    trainer.run()
+    assert torch.isfinite(trainer.state.output["loss"])
+    assert set(loss.last_terms) == {"similarity", "regularization", "loss"}
+    assert trainer.state.output["loss"].item() == pytest.approx(loss.last_terms["loss"].item())
