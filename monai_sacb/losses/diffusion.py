@@ -50,7 +50,8 @@ class ForwardDiffusionLoss(_Loss):
         spatial_dims = ddf.ndim - 2
         if spatial_dims < 1 or ddf.shape[1] != spatial_dims:
             raise ValueError(
-                f"expecting a ddf of shape (B, spatial_dims, *spatial) with spatial_dims channels, got {tuple(ddf.shape)}"
+                "expecting a ddf of shape (B, spatial_dims, *spatial) with spatial_dims channels, "
+                f"got {tuple(ddf.shape)}"
             )
         if min(ddf.shape[2:]) < 2:
             raise ValueError(f"every spatial size of the ddf must be > 1, got {tuple(ddf.shape[2:])}")

@@ -9,7 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from monai.losses import BendingEnergyLoss, DiffusionLoss, GlobalMutualInformationLoss, LocalNormalizedCrossCorrelationLoss
+from monai.losses import (
+    BendingEnergyLoss,
+    DiffusionLoss,
+    GlobalMutualInformationLoss,
+    LocalNormalizedCrossCorrelationLoss,
+)
 
 from monai_sacb.losses.diffusion import ForwardDiffusionLoss
 

@@ -48,7 +48,8 @@ def _intensity(keys: Sequence[str], intensity: str | Sequence[float] | None) -> 
             return [NormalizeIntensityd(keys, allow_missing_keys=True)]
     elif len(intensity) == 2:
         a_min, a_max = (float(v) for v in intensity)
-        return [ScaleIntensityRanged(keys, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True, allow_missing_keys=True)]
+        window = ScaleIntensityRanged(keys, a_min, a_max, b_min=0.0, b_max=1.0, clip=True, allow_missing_keys=True)
+        return [window]
     raise ValueError(
         f"unknown intensity {intensity!r}: use one of {', '.join(map(repr, INTENSITY_OPTIONS))}, "
         "a window (a_min, a_max) mapped to [0, 1] with clipping (e.g. (-500, 800) for CT), or None."

@@ -178,7 +178,8 @@ def test_check_pair_accepts_a_good_pair_unchanged():
 
 
 def test_check_pair_shape_mismatch_names_both_files():
-    with pytest.raises(ValueError, match=r"not on one grid: moving_image \('m.nii.gz'\).*but fixed_image \('f.nii.gz'\)"):
+    expected = r"not on one grid: moving_image \('m.nii.gz'\).*but fixed_image \('f.nii.gz'\)"
+    with pytest.raises(ValueError, match=expected):
         CheckPaird()(_meta_pair(shape_fixed=(1, 16, 16, 32)))
 
 

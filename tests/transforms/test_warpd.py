@@ -22,7 +22,9 @@ def item():
         "moving_label": MetaTensor(
             torch.randint(0, 5, (1, *SPATIAL)).float(), meta={"filename_or_obj": "moving_seg.nii.gz"}
         ),
-        "fixed_image": MetaTensor(torch.rand(1, *SPATIAL), affine=fixed_affine, meta={"filename_or_obj": "fixed.nii.gz"}),
+        "fixed_image": MetaTensor(
+            torch.rand(1, *SPATIAL), affine=fixed_affine, meta={"filename_or_obj": "fixed.nii.gz"}
+        ),
         "ddf": torch.zeros(3, *SPATIAL),
     }
 
