@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .check import CheckPaird
+from .deformation import RandSmoothDeformd, RandSyntheticPaird, random_smooth_ddf, random_smooth_field
 from .io import LoadPaird
 from .preprocessing import INTENSITY_OPTIONS, pair_preprocessing
 from .warp import Warpd
