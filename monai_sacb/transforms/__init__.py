@@ -6,5 +6,15 @@ from __future__ import annotations
 from .check import CheckPaird
 from .deformation import RandSmoothDeformd, RandSyntheticPaird, random_smooth_ddf, random_smooth_field
 from .io import LoadPaird
+from .labels import (
+    IXI_FREESURFER_LABELS,
+    IXI_LABEL_NAMES,
+    IXI_LABELS,
+    LABEL_PRESETS,
+    LPBA40_LABELS,
+    TRANSMORPH_IXI_FREESURFER_CODES,
+    RemapLabels,
+    RemapLabelsd,
+)
 from .preprocessing import INTENSITY_OPTIONS, pair_preprocessing
 from .warp import Warpd
