@@ -299,11 +299,13 @@ _ARGS_DOC = """
     - ``labels`` given: (B, L), column ``j`` for ``labels[j]``. A label absent from the fixed map of a case is
       NaN there (not evaluated).
     - ``labels=None``: (B, 1), each case's mean over the labels present in its fixed map (``background``
-      excluded), NaN entries skipped. ``reduction="mean"`` then gives the usual "mean over labels, then over
-      pairs".
+      excluded), NaN entries skipped.
 
-    ``reduction`` and ``get_not_nans`` behave as in MONAI (reductions skip NaN; ``not_nans`` counts the values
-    that entered). With ``labels`` given, ``"mean"`` averages all not-NaN (case, label) entries.
+    Either way ``reduction="mean"`` gives the usual "mean over labels, then over pairs".
+
+    ``reduction`` and ``get_not_nans`` behave as in MONAI: reductions skip NaN entries, and ``"mean"`` averages
+    each case over its not-NaN labels first, then over the cases that have any (``not_nans`` counts those cases;
+    a reduction over no value at all gives 0, MONAI's convention). ``"mean_batch"`` gives per-label means.
 """
 
 
