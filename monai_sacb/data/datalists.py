@@ -428,6 +428,7 @@ def lpba40_datalist(
     num_train: int = 30,
     num_val: int = 0,
     atlas: PathLike | None = None,
+    atlas_label: PathLike | None = None,
     num_pairs: int | None = None,
     seed: int = 0,
 ) -> list[dict]:
@@ -440,13 +441,17 @@ def lpba40_datalist(
     with ``label``/``seg``; every other file is an image (``S01.delineation.skullstripped.nii.gz``, ``S01.nii.gz``).
     Image and label map are matched by subject id: the number after an ``S`` (``S01``), else the first number
     of the name. Labels keep their LPBA40 codes: remap them with
-    :py:class:`monai_sacb.transforms.RemapLabelsd` and ``LPBA40_LABELS``.
+    :py:class:`monai_sacb.transforms.RemapLabelsd` and ``values="lpba40"``. The Analyze files (``.hdr``/``.img``)
+    of the original release are not listed: convert them to NIfTI first.
 
     Sections: when ``root`` has a ``train``/``val``/``test`` subfolder (also ``training``, ``validation``,
     ``Train``, ...), the section's subfolder is used. Otherwise subjects sorted by id are split: training =
     the first ``num_train``; validation = the next ``num_val``, or with ``num_val=0`` the remaining subjects
     (the common 30/10 protocol, where the held-out subjects serve for validation and test); test = the
     subjects after ``num_train + num_val``.
+
+    ``pairing`` (default ``"all"``), ``num_pairs`` and ``seed`` are as in :py:func:`monai_sacb.data.make_pairs`;
+    ``atlas``/``atlas_label`` give the atlas for ``pairing="atlas"``.
 
     Raises:
         FileNotFoundError: ``root`` is missing.
@@ -474,6 +479,8 @@ def lpba40_datalist(
     atlas_subject = None
     if atlas is not None:
         atlas_subject = {"image": _existing_file(atlas, "atlas image")}
+        if atlas_label is not None:
+            atlas_subject["label"] = _existing_file(atlas_label, "atlas label map")
     return make_pairs(subjects, pairing=pairing, atlas=atlas_subject, num_pairs=num_pairs, seed=seed)
 
 

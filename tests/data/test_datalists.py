@@ -298,3 +298,36 @@ def test_make_datalist_errors(tmp_path):
         make_datalist(format="folder", dataset_dir=None)
     with pytest.raises(ValueError, match="section"):
         make_datalist(format="folder", dataset_dir=tmp_path, section="holdout")
+
+
+def test_lpba40_atlas_pairs(tmp_path):
+    files = write_lpba40(tmp_path / "lpba", ids=[1, 2, 3])
+    atlas = write_nifti(tmp_path / "atlas" / "template.nii.gz", seed=50)
+    atlas_label = write_nifti(tmp_path / "atlas" / "template_label.nii.gz", seed=50, label=True)
+    pairs = lpba40_datalist(tmp_path / "lpba", pairing="atlas", atlas=atlas, atlas_label=atlas_label)
+    assert pair_set(pairs, with_labels=True) == {(atlas, f[0], atlas_label, f[1]) for f in files.values()}
+
+
+def test_bundle_config_expressions(tmp_path):
+    """The calls a bundle config makes: make_datalist in an expression, RandomPairDataset as a _target_."""
+    from monai.bundle import ConfigParser
+
+    images, _ = write_folder(tmp_path / "data")
+    parser = ConfigParser(
+        {
+            # "$import monai_sacb.data" alone binds no usable name: the package name comes from "$import monai_sacb"
+            "imports": ["$import monai_sacb", "$import monai_sacb.data"],
+            "dataset_dir": str(tmp_path / "data"),
+            "datalist": "$monai_sacb.data.make_datalist(format='folder', dataset_dir=@dataset_dir, section='training')",
+            "subjects": "$monai_sacb.data.make_datalist(format='folder', dataset_dir=@dataset_dir, pairing=None)",
+            "dataset": {
+                "_target_": "monai_sacb.data.RandomPairDataset",
+                "data": "@subjects",
+                "num_pairs": 3,
+                "seed": 0,
+            },
+        }
+    )
+    assert len(parser.get_parsed_content("datalist")) == 12
+    dataset = parser.get_parsed_content("dataset")
+    assert len(dataset) == 3 and {s["image"] for s in dataset.subjects} == set(images)
