@@ -12,6 +12,7 @@ from .datalists import (
     lpba40_datalist,
     make_datalist,
 )
+from .default_dataset import COARSE_AAL_REGIONS, default_cache_dir, default_datalist, prepare_default_dataset
 from .ixi import ALLOW_PICKLE_ENV, IXI_SPLITS, convert_ixi_pickles, ixi_datalist, load_ixi_pickle
 from .pairing import (
     PAIR_KEYS,
