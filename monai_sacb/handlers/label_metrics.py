@@ -15,20 +15,6 @@ from monai_sacb.metrics.utils import SpacingLike
 
 __all__ = ["LabelDice", "LabelHausdorffDistance", "LabelSurfaceDistance"]
 
-_COMMON_ARGS = """
-            labels: label values to evaluate; ``None``: the labels present in each fixed map (without
-                ``background``), each case contributing its mean over them.
-            background: value left out when ``labels`` is ``None``.
-            reduction: mode of reduction, applied to not-NaN values; default ``"mean"``. With ``labels`` given,
-                ``"mean_batch"`` gives per-label means.
-            output_transform: maps ``engine.state.output`` to ``(y_pred, y)`` = (warped moving label, fixed label),
-                each integer-valued (B, 1, *spatial) or a list of (1, *spatial); e.g.
-                ``from_engine(["warped_label", "fixed_label"])``.
-            save_details: whether to store the per-case values in ``engine.state.metric_details[name]``.
-            return_with_label: with ``labels`` given and ``reduction="mean_batch"``, report a dict
-                ``{"label_<value>": mean}`` (or keyed by the given names).
-"""
-
 
 class LabelDice(IgniteMetricHandler):
     """
@@ -51,20 +37,27 @@ class LabelDice(IgniteMetricHandler):
         save_details: bool = True,
         return_with_label: bool | list[str] = False,
     ) -> None:
+        """
+        Args:
+            labels: label values to evaluate; ``None``: the labels present in each fixed map (without
+                ``background``), each case contributing its mean over them.
+            background: value left out when ``labels`` is ``None``.
+            reduction: mode of reduction, applied to not-NaN values; default ``"mean"``. With ``labels`` given,
+                ``"mean_batch"`` gives per-label means.
+            output_transform: maps ``engine.state.output`` to ``(y_pred, y)`` = (warped moving label, fixed label),
+                each integer-valued (B, 1, *spatial) or a list of (1, *spatial); e.g.
+                ``from_engine(["warped_label", "fixed_label"])``.
+            save_details: whether to store the per-case values in ``engine.state.metric_details[name]``.
+            return_with_label: with ``labels`` given and ``reduction="mean_batch"``, report a dict
+                ``{"label_<value>": mean}`` (or keyed by the given names).
+
+        See also:
+            :py:class:`monai_sacb.metrics.LabelDiceMetric`
+        """
         metric_fn = LabelDiceMetric(
             labels=labels, background=background, reduction=reduction, return_with_label=return_with_label
         )
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
-
-    __init__.__doc__ = (
-        """
-        Args:"""
-        + _COMMON_ARGS
-        + """
-        See also:
-            :py:class:`monai_sacb.metrics.LabelDiceMetric`
-        """
-    )
 
 
 class LabelHausdorffDistance(IgniteMetricHandler):
@@ -92,6 +85,26 @@ class LabelHausdorffDistance(IgniteMetricHandler):
         save_details: bool = True,
         return_with_label: bool | list[str] = False,
     ) -> None:
+        """
+        Args:
+            percentile: percentile of the surface distances; ``None`` gives the maximum (HD).
+            spacing: voxel size in mm (one number, ``spatial_dims`` numbers, or one sequence per case);
+                ``None`` reads the fixed label's MetaTensor ``pixdim``, else voxels.
+            labels: label values to evaluate; ``None``: the labels present in each fixed map (without
+                ``background``), each case contributing its mean over them.
+            background: value left out when ``labels`` is ``None``.
+            reduction: mode of reduction, applied to not-NaN values; default ``"mean"``. With ``labels`` given,
+                ``"mean_batch"`` gives per-label means.
+            output_transform: maps ``engine.state.output`` to ``(y_pred, y)`` = (warped moving label, fixed label),
+                each integer-valued (B, 1, *spatial) or a list of (1, *spatial); e.g.
+                ``from_engine(["warped_label", "fixed_label"])``.
+            save_details: whether to store the per-case values in ``engine.state.metric_details[name]``.
+            return_with_label: with ``labels`` given and ``reduction="mean_batch"``, report a dict
+                ``{"label_<value>": mean}`` (or keyed by the given names).
+
+        See also:
+            :py:class:`monai_sacb.metrics.LabelHausdorffDistanceMetric`
+        """
         metric_fn = LabelHausdorffDistanceMetric(
             labels=labels,
             background=background,
@@ -101,18 +114,6 @@ class LabelHausdorffDistance(IgniteMetricHandler):
             return_with_label=return_with_label,
         )
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
-
-    __init__.__doc__ = (
-        """
-        Args:
-            percentile: percentile of the surface distances; ``None`` gives the maximum (HD).
-            spacing: voxel size in mm (one number, ``spatial_dims`` numbers, or one sequence per case)."""
-        + _COMMON_ARGS
-        + """
-        See also:
-            :py:class:`monai_sacb.metrics.LabelHausdorffDistanceMetric`
-        """
-    )
 
 
 class LabelSurfaceDistance(IgniteMetricHandler):
@@ -140,6 +141,26 @@ class LabelSurfaceDistance(IgniteMetricHandler):
         save_details: bool = True,
         return_with_label: bool | list[str] = False,
     ) -> None:
+        """
+        Args:
+            symmetric: ``True`` for ASSD; ``False`` for the mean distance from the prediction's boundary only.
+            spacing: voxel size in mm (one number, ``spatial_dims`` numbers, or one sequence per case);
+                ``None`` reads the fixed label's MetaTensor ``pixdim``, else voxels.
+            labels: label values to evaluate; ``None``: the labels present in each fixed map (without
+                ``background``), each case contributing its mean over them.
+            background: value left out when ``labels`` is ``None``.
+            reduction: mode of reduction, applied to not-NaN values; default ``"mean"``. With ``labels`` given,
+                ``"mean_batch"`` gives per-label means.
+            output_transform: maps ``engine.state.output`` to ``(y_pred, y)`` = (warped moving label, fixed label),
+                each integer-valued (B, 1, *spatial) or a list of (1, *spatial); e.g.
+                ``from_engine(["warped_label", "fixed_label"])``.
+            save_details: whether to store the per-case values in ``engine.state.metric_details[name]``.
+            return_with_label: with ``labels`` given and ``reduction="mean_batch"``, report a dict
+                ``{"label_<value>": mean}`` (or keyed by the given names).
+
+        See also:
+            :py:class:`monai_sacb.metrics.LabelSurfaceDistanceMetric`
+        """
         metric_fn = LabelSurfaceDistanceMetric(
             labels=labels,
             background=background,
@@ -150,14 +171,3 @@ class LabelSurfaceDistance(IgniteMetricHandler):
         )
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
-    __init__.__doc__ = (
-        """
-        Args:
-            symmetric: ``True`` for ASSD; ``False`` for the mean distance from the prediction's boundary only.
-            spacing: voxel size in mm (one number, ``spatial_dims`` numbers, or one sequence per case)."""
-        + _COMMON_ARGS
-        + """
-        See also:
-            :py:class:`monai_sacb.metrics.LabelSurfaceDistanceMetric`
-        """
-    )

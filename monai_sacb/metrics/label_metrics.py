@@ -3,8 +3,8 @@
 
 """
 Per-label Dice, percentile Hausdorff distance and average symmetric surface distance between a warped moving
-label map and a fixed label map, label by label so that atlases with many labels (IXI 30, LPBA40 54) never
-need a full one-hot encoding in memory.
+label map and a fixed label map. Atlases have many labels (IXI 30, LPBA40 54): Dice counts them all in one pass,
+the surface distances go one label at a time, so no full one-hot volume is ever built.
 """
 
 from __future__ import annotations
@@ -14,12 +14,7 @@ from typing import Any
 
 import torch
 
-from monai.metrics import (
-    CumulativeIterationMetric,
-    compute_average_surface_distance,
-    compute_dice,
-    compute_hausdorff_distance,
-)
+from monai.metrics import CumulativeIterationMetric, compute_average_surface_distance, compute_hausdorff_distance
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction, convert_to_tensor
 
@@ -73,33 +68,28 @@ def _per_case_spacing(spacing: SpacingLike | None, batch_size: int, spatial_dims
     return spacing_to_tensor(spacing, batch_size, spatial_dims).tolist()
 
 
-def _evaluate_labels(
+def _surface_metric_per_label(
     y_pred: Any,
     y: Any,
     labels: Sequence[int] | None,
     background: int | None,
     pair_fn: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor],
-    missing_pred_value: float,
 ) -> torch.Tensor:
     """
-    Shared label loop of the three metrics: returns (B, L).
+    Label loop of the surface-distance metrics, one label at a time: returns (B, L).
 
-    For label ``labels[j]`` and case ``b``: NaN if the label is absent from the fixed map ``y``;
-    ``missing_pred_value`` if it is present in ``y`` but absent from ``y_pred``; otherwise
-    ``pair_fn(pred_masks, true_masks, cases)`` where the masks are the (len(cases), 1, *spatial) binary
-    maps of the cases with the label in both maps.
+    For label ``labels[j]`` and case ``b`` the value is NaN when the label is absent from ``y`` or from
+    ``y_pred`` (no surface to measure), otherwise ``pair_fn(pred_masks, true_masks, cases)``, called once per
+    label with the (len(cases), 1, *spatial) binary masks of the cases that have the label in both maps.
     """
     y_pred, y = _check_label_maps(y_pred, y)
     labels = present_labels(y, background) if labels is None else [int(v) for v in labels]
-    batch_size = y.shape[0]
-    out = torch.full((batch_size, len(labels)), float("nan"), dtype=torch.float32, device=y.device)
+    out = torch.full((y.shape[0], len(labels)), float("nan"), dtype=torch.float32, device=y.device)
     for j, value in enumerate(labels):
         true_mask = y == value
         pred_mask = y_pred == value
-        in_true = true_mask.flatten(1).any(1)
-        in_pred = pred_mask.flatten(1).any(1)
-        out[in_true & ~in_pred, j] = missing_pred_value
-        cases = torch.nonzero(in_true & in_pred).flatten().tolist()
+        both = true_mask.flatten(1).any(1) & pred_mask.flatten(1).any(1)
+        cases = torch.nonzero(both).flatten().tolist()
         if cases:
             out[cases, j] = pair_fn(pred_mask[cases], true_mask[cases], cases).flatten().to(out)
     return out
@@ -109,7 +99,11 @@ def compute_label_dice(
     y_pred: torch.Tensor, y: torch.Tensor, labels: Sequence[int] | None = None, background: int | None = 0
 ) -> torch.Tensor:
     """
-    Dice overlap per label between two integer label maps.
+    Dice overlap per label between two integer label maps, ``2 |P & T| / (|P| + |T|)``.
+
+    All labels are counted in one pass over the volume (a confusion count of label indices) rather than by
+    :py:func:`monai.metrics.compute_dice` on one mask per label: same formula and values (the tests compare
+    them), but about 0.5 s per label less at IXI size.
 
     Args:
         y_pred: warped moving label map, shape (B, 1, *spatial), integer values.
@@ -122,11 +116,32 @@ def compute_label_dice(
         (B, L) Dice in [0, 1]: 0 where a label of ``y`` is absent from ``y_pred``, NaN where a label is absent
         from ``y`` (not evaluated).
     """
+    y_pred, y = _check_label_maps(y_pred, y)
+    labels = present_labels(y, background) if labels is None else [int(v) for v in labels]
+    n = len(labels)
+    if n == 0:
+        return torch.empty((y.shape[0], 0), dtype=torch.float32, device=y.device)
+    order = sorted(range(n), key=lambda j: labels[j])
+    sorted_values = torch.tensor([labels[j] for j in order], dtype=torch.int64, device=y.device)
 
-    def dice(pred_mask: torch.Tensor, true_mask: torch.Tensor, cases: list[int]) -> torch.Tensor:
-        return compute_dice(pred_mask, true_mask, include_background=True, ignore_empty=True)
+    def index_of(label_map: torch.Tensor) -> torch.Tensor:
+        # 1 + position in sorted_values for the listed labels, 0 for any other value
+        values = label_map.flatten(1).long()
+        pos = torch.searchsorted(sorted_values, values).clamp_max(n - 1)
+        return torch.where(sorted_values[pos] == values, pos + 1, 0)
 
-    return _evaluate_labels(y_pred, y, labels, background, dice, missing_pred_value=0.0)
+    pred_idx, true_idx = index_of(y_pred), index_of(y)
+    # counts[b, i, j]: voxels of case b with fixed index i and predicted index j
+    counts = torch.stack(
+        [torch.bincount(t * (n + 1) + p, minlength=(n + 1) ** 2) for p, t in zip(pred_idx, true_idx)]
+    ).view(-1, n + 1, n + 1).double()
+    intersection = torch.diagonal(counts, dim1=1, dim2=2)[:, 1:]
+    true_size = counts.sum(2)[:, 1:]
+    pred_size = counts.sum(1)[:, 1:]
+    dice = torch.where(true_size > 0, 2.0 * intersection / (true_size + pred_size), float("nan"))
+    out = torch.empty_like(dice)
+    out[:, order] = dice
+    return out.float()
 
 
 def compute_label_hausdorff_distance(
@@ -166,7 +181,7 @@ def compute_label_hausdorff_distance(
             spacing=None if per_case is None else [per_case[b] for b in cases],
         )
 
-    return _evaluate_labels(y_pred, y, labels, background, hd, missing_pred_value=float("nan"))
+    return _surface_metric_per_label(y_pred, y, labels, background, hd)
 
 
 def compute_label_surface_distance(
@@ -206,7 +221,7 @@ def compute_label_surface_distance(
             spacing=None if per_case is None else [per_case[b] for b in cases],
         )
 
-    return _evaluate_labels(y_pred, y, labels, background, asd, missing_pred_value=float("nan"))
+    return _surface_metric_per_label(y_pred, y, labels, background, asd)
 
 
 class _LabelMetric(CumulativeIterationMetric):
@@ -289,34 +304,34 @@ class _LabelMetric(CumulativeIterationMetric):
         return (f, not_nans) if self.get_not_nans else f
 
 
-_ARGS_DOC = """
+class LabelDiceMetric(_LabelMetric):
+    """
+    Dice overlap per label between the warped moving and the fixed label maps, accumulated over iterations.
+    See :py:func:`compute_label_dice`. A label present in the fixed map but absent from the prediction scores 0.
+
     Call it with ``y_pred`` = the warped moving label map and ``y`` = the fixed label map, both integer-valued
-    (B, 1, *spatial) tensors (or lists of (1, *spatial) tensors). Labels are evaluated one at a time, so memory
-    stays at a few masks of the image size whatever the number of labels.
+    (B, 1, *spatial) tensors (or lists of (1, *spatial) tensors). Each call buffers:
 
-    Output of each call, buffered for ``aggregate()``:
-
-    - ``labels`` given: (B, L), column ``j`` for ``labels[j]``. A label absent from the fixed map of a case is
-      NaN there (not evaluated).
+    - ``labels`` given: (B, L), column ``j`` for ``labels[j]``, NaN where the fixed map lacks the label;
     - ``labels=None``: (B, 1), each case's mean over the labels present in its fixed map (``background``
       excluded), NaN entries skipped.
 
-    Either way ``reduction="mean"`` gives the usual "mean over labels, then over pairs".
-
     ``reduction`` and ``get_not_nans`` behave as in MONAI: reductions skip NaN entries, and ``"mean"`` averages
-    each case over its not-NaN labels first, then over the cases that have any (``not_nans`` counts those cases;
-    a reduction over no value at all gives 0, MONAI's convention). ``"mean_batch"`` gives per-label means.
-"""
+    each case over its not-NaN labels first, then over the cases that have any (``not_nans`` counts those
+    cases; a reduction over no value at all gives 0, MONAI's convention). So ``"mean"`` is the usual "mean over
+    labels, then over pairs" either way; with ``labels`` given ``"mean_batch"`` gives per-label means.
 
+    Example:
 
-class LabelDiceMetric(_LabelMetric):
-    __doc__ = (
-        """
-    Dice overlap per label between the warped moving and the fixed label maps, accumulated over iterations.
-    A label present in the fixed map but absent from the prediction scores 0.
-"""
-        + _ARGS_DOC
-        + """
+    .. code-block:: python
+
+        metric = LabelDiceMetric(labels=[2, 3, 4])  # per-label columns in this order
+        for batch in loader:
+            warped_label = warp_nearest(batch["moving_label"], ddf)
+            metric(warped_label, batch["fixed_label"])
+        mean_dice = metric.aggregate().item()
+        per_label = metric.aggregate("mean_batch")
+
     Args:
         labels: label values to evaluate; ``None``: those present in each fixed map, without ``background``.
         background: value left out when ``labels`` is ``None`` (``None`` keeps every value).
@@ -324,8 +339,7 @@ class LabelDiceMetric(_LabelMetric):
         get_not_nans: whether ``aggregate()`` also returns the count of not-NaN values.
         return_with_label: with ``labels`` given and ``reduction="mean_batch"``, ``aggregate()`` returns a dict
             ``{"label_<value>": mean}`` (or keyed by the given list of names).
-"""
-    )
+    """
 
     def _compute(
         self, y_pred: torch.Tensor, y: torch.Tensor, labels: list[int] | None, spacing: list[list[float]] | None
@@ -334,13 +348,12 @@ class LabelDiceMetric(_LabelMetric):
 
 
 class LabelHausdorffDistanceMetric(_LabelMetric):
-    __doc__ = (
-        """
+    """
     Percentile (default 95) symmetric Hausdorff distance per label, in mm when a spacing is known, accumulated
-    over iterations. NaN where the label is absent from the prediction (undefined).
-"""
-        + _ARGS_DOC
-        + """
+    over iterations. See :py:func:`compute_label_hausdorff_distance`. NaN where the label is absent from the
+    prediction or the fixed map (undefined); reductions skip it and ``not_nans`` shows it.
+
+    Inputs, buffered shapes and reductions as for :py:class:`LabelDiceMetric`.
     Spacing, first found: the ``spacing=`` keyword of the call, the constructor's ``spacing``, the ``pixdim``
     of ``y`` when it is a MetaTensor; otherwise distances are in voxels.
 
@@ -352,8 +365,7 @@ class LabelHausdorffDistanceMetric(_LabelMetric):
         reduction: mode of reduction, see :py:class:`monai.utils.enums.MetricReduction`.
         get_not_nans: whether ``aggregate()`` also returns the count of not-NaN values.
         return_with_label: as for :py:class:`LabelDiceMetric`.
-"""
-    )
+    """
 
     def __init__(
         self,
@@ -378,13 +390,12 @@ class LabelHausdorffDistanceMetric(_LabelMetric):
 
 
 class LabelSurfaceDistanceMetric(_LabelMetric):
-    __doc__ = (
-        """
+    """
     Average symmetric surface distance (ASSD) per label, in mm when a spacing is known, accumulated over
-    iterations. NaN where the label is absent from the prediction (undefined).
-"""
-        + _ARGS_DOC
-        + """
+    iterations. See :py:func:`compute_label_surface_distance`. NaN where the label is absent from the
+    prediction or the fixed map (undefined); reductions skip it and ``not_nans`` shows it.
+
+    Inputs, buffered shapes and reductions as for :py:class:`LabelDiceMetric`.
     Spacing, first found: the ``spacing=`` keyword of the call, the constructor's ``spacing``, the ``pixdim``
     of ``y`` when it is a MetaTensor; otherwise distances are in voxels.
 
@@ -396,8 +407,7 @@ class LabelSurfaceDistanceMetric(_LabelMetric):
         reduction: mode of reduction, see :py:class:`monai.utils.enums.MetricReduction`.
         get_not_nans: whether ``aggregate()`` also returns the count of not-NaN values.
         return_with_label: as for :py:class:`LabelDiceMetric`.
-"""
-    )
+    """
 
     def __init__(
         self,

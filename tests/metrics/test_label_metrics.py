@@ -9,6 +9,7 @@ import unittest
 import torch
 
 from monai.data import MetaTensor
+from monai.metrics import compute_dice
 from monai_sacb.metrics import (
     LabelDiceMetric,
     LabelHausdorffDistanceMetric,
@@ -79,6 +80,22 @@ class TestLabelFunctions(unittest.TestCase):
         a[0, 0, 1:3, 1:3] = 5
         b[0, 0, 1:3, 1:4] = 5
         self.assertAlmostEqual(compute_label_dice(a, b).item(), 0.8, places=6)
+
+    def test_dice_matches_monai(self):
+        # random maps with labels 0..5 and label 6 only in the prediction; 9 requested but in neither map
+        g = torch.Generator().manual_seed(0)
+        y = torch.randint(0, 6, (3, 1, 9, 8, 7), generator=g)
+        y_pred = torch.randint(0, 7, (3, 1, 9, 8, 7), generator=g)
+        y[1][y[1] == 2] = 0  # label 2 missing from the fixed map of case 1
+        y_pred[2][y_pred[2] == 4] = 1  # label 4 missing from the prediction of case 2
+        labels = [5, 2, 9, 4, 1]
+        ours = compute_label_dice(y_pred, y, labels=labels)
+        ref = compute_dice(
+            torch.cat([y_pred == v for v in labels], 1), torch.cat([y == v for v in labels], 1), ignore_empty=True
+        )
+        assert_close_nan(self, ours, ref)
+        self.assertTrue(math.isnan(ours[1, 1].item()) and math.isnan(ours[0, 2].item()))
+        self.assertEqual(ours[2, 3].item(), 0.0)
 
     def test_hd95_assd_mm(self):
         hd95 = compute_label_hausdorff_distance(self.y_pred, self.y, labels=[1, 2, 4], spacing=SPACING)
