@@ -8,7 +8,7 @@ import unittest
 
 import torch
 
-from monai.data import MetaTensor
+from monai.data import MetaTensor, list_data_collate
 from monai.metrics import compute_dice
 from monai_sacb.metrics import (
     LabelDiceMetric,
@@ -188,6 +188,11 @@ class TestLabelMetrics(unittest.TestCase):
         kw = LabelHausdorffDistanceMetric(labels=[1])(self.y_pred, y, spacing=(1.0, 1.0, 1.0))
         self.assertAlmostEqual(kw.item(), 2.0, places=5)
         self.assertAlmostEqual(LabelHausdorffDistanceMetric(labels=[1])(self.y_pred, self.y).item(), 2.0, places=5)
+        # a collated batch of MetaTensors gives one spacing per case (case 1: 2 mm along axis 0)
+        affine1 = torch.diag(torch.tensor([2.0, SPACING[1], SPACING[2], 1.0]))
+        batch = list_data_collate([y[0], MetaTensor(self.y[0].float(), affine=affine1)])
+        out = LabelHausdorffDistanceMetric(labels=[1, 2])(torch.cat([self.y_pred, self.y_pred]), batch)
+        assert_close_nan(self, out, [[6.0, 3.0], [6.0, 6.0]])
         # decollated lists of channel-first MetaTensors keep their spacing
         metric = LabelHausdorffDistanceMetric(labels=[2])
         out = metric([self.y_pred[0], self.y_pred[0]], [y[0], y[0]])
