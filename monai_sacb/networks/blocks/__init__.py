@@ -1,0 +1,8 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from .adaptive_conv import cluster_adaptive_conv
+from .encoder import PyramidEncoder, conv_norm_act
+from .kmeans import KMeans, batched_kmeans, kmeans_init_draws
+from .matching import SimilarityMatching, similarity_matching_flow
+from .sac import SACBlock

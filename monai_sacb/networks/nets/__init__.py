@@ -1,0 +1,4 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from .sacbnet import SACBNet, SACBNetDDF

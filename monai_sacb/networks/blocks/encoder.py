@@ -1,0 +1,86 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import Convolution
+from torch import nn
+
+__all__ = ["conv_norm_act", "PyramidEncoder"]
+
+
+def conv_norm_act(spatial_dims: int, in_channels: int, out_channels: int, negative_slope: float = 0.1) -> Convolution:
+    """
+    3x3(x3) convolution (stride 1, padding 1, bias) -> InstanceNorm (no affine) -> LeakyReLU.
+
+    The instance normalisation is written as GroupNorm with one channel per group, which is the same function
+    (per sample and channel, no affine parameters) but has a fast channels-last kernel on CPU.
+    """
+    return Convolution(
+        spatial_dims,
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        act=("leakyrelu", {"negative_slope": negative_slope, "inplace": True}),
+        norm=("group", {"num_groups": out_channels, "affine": False}),
+        bias=True,
+    )
+
+
+class PyramidEncoder(nn.Module):
+    """
+    The SACB-Net feature pyramid: five levels, each 2x coarser than the one before (average pooling).
+
+    With base width c and the default ``channels=(2c, 4c, 8c, 16c, 16c)``:
+    level 1 (full resolution) conv in->c, c->2c, 2c->2c; levels 2-5: AvgPool(2) then two convolutions to
+    that level's width. Every convolution is :py:func:`conv_norm_act`. Moving and fixed images share it;
+    InstanceNorm works per sample, so both can go through as one batch.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of the input image.
+        channels: output widths of the five levels.
+        first_channels: width of the first convolution (c).
+
+    Returns from ``forward``:
+        a list of five (B, channels[l], *S / 2^l) tensors, finest first; spatial sizes must be divisible by 16.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        channels: Sequence[int] = (8, 16, 32, 64, 64),
+        first_channels: int = 4,
+    ) -> None:
+        super().__init__()
+        if len(channels) != 5:
+            raise ValueError(f"channels must give the widths of 5 levels, got {channels}.")
+        pool = nn.AvgPool3d if spatial_dims == 3 else nn.AvgPool2d
+        self.levels = nn.ModuleList(
+            [
+                nn.Sequential(
+                    conv_norm_act(spatial_dims, in_channels, first_channels),
+                    conv_norm_act(spatial_dims, first_channels, channels[0]),
+                    conv_norm_act(spatial_dims, channels[0], channels[0]),
+                )
+            ]
+        )
+        for previous, width in zip(channels[:-1], channels[1:]):
+            self.levels.append(
+                nn.Sequential(
+                    pool(2),
+                    conv_norm_act(spatial_dims, previous, width),
+                    conv_norm_act(spatial_dims, width, width),
+                )
+            )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for level in self.levels:
+            x = level(x)
+            features.append(x)
+        return features

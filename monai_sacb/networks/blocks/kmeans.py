@@ -1,0 +1,123 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["batched_kmeans", "kmeans_init_draws", "KMeans"]
+
+
+def kmeans_init_draws(num_clusters: int, seed: int = 0) -> torch.Tensor:
+    """
+    The uniform draws in [0, 1) that seed k-means++ initialisation, made from a fixed CPU generator so that
+    the same seed gives the same draws on every device and every call.
+
+    Returns:
+        a float32 tensor of shape (num_clusters,).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(num_clusters, generator=generator)
+
+
+def _squared_distances(points: torch.Tensor, sq_norms: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) points with their (B, N, 1) squared norms, (B, K, C) centroids -> (B, N, K) squared distances."""
+    dist = torch.baddbmm(sq_norms, points, centroids.transpose(1, 2), alpha=-2)
+    return dist + centroids.pow(2).sum(-1).unsqueeze(1)
+
+
+def _gather_points(points: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) points, (B,) index -> (B, C): the indexed point of each sample."""
+    return torch.gather(points, 1, index.reshape(-1, 1, 1).expand(-1, 1, points.shape[-1])).squeeze(1)
+
+
+def batched_kmeans(
+    points: torch.Tensor, num_clusters: int, num_iters: int = 10, init_draws: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Euclidean k-means, run on each sample of a batch on its own, on the tensor's device.
+
+    Initialisation is k-means++ (each new centre drawn with probability proportional to the squared distance to
+    the nearest chosen centre), using the given uniform draws instead of a random generator, so the result is a
+    pure function of the input. Then exactly ``num_iters`` Lloyd iterations: a fixed count, so the loop never
+    waits on the host to test convergence. A cluster that loses all its points keeps its previous centroid;
+    constant inputs give identical centroids and every point in cluster 0. Nothing here is differentiable:
+    assignments and centroids carry no gradient.
+
+    Args:
+        points: (B, N, C) feature vectors; computed in float32 whatever the input dtype (autocast-safe).
+        num_clusters: K, the number of clusters (K <= N).
+        num_iters: number of Lloyd iterations after initialisation.
+        init_draws: (K,) uniform draws in [0, 1) for k-means++; defaults to ``kmeans_init_draws(K, seed=0)``.
+
+    Returns:
+        assignments (B, N) int64 in [0, K), and centroids (B, K, C) float32, consistent with each other
+        (each point is assigned to its nearest returned centroid, ties to the lowest index).
+    """
+    if points.ndim != 3:
+        raise ValueError(f"points must have shape (B, N, C), got {tuple(points.shape)}.")
+    batch, num_points, _ = points.shape
+    if not 1 <= num_clusters <= num_points:
+        raise ValueError(f"num_clusters must be in [1, N={num_points}], got {num_clusters}.")
+    if num_iters < 0:
+        raise ValueError(f"num_iters must be >= 0, got {num_iters}.")
+    if init_draws is None:
+        init_draws = kmeans_init_draws(num_clusters)
+    if init_draws.numel() != num_clusters:
+        raise ValueError(f"init_draws must have {num_clusters} values, got {init_draws.numel()}.")
+
+    with torch.no_grad(), torch.autocast(points.device.type, enabled=False):
+        x = points.detach().float()
+        sq_norms = x.pow(2).sum(-1, keepdim=True)
+        draws = init_draws.to(device=x.device, dtype=torch.float64)
+
+        # k-means++ by inverse-CDF sampling; the first centre is drawn uniformly.
+        first = (draws[0] * num_points).long().clamp_max(num_points - 1).expand(batch)
+        centroids = [_gather_points(x, first)]
+        nearest = _squared_distances(x, sq_norms, centroids[0].unsqueeze(1)).squeeze(-1).clamp_min(0)
+        for j in range(1, num_clusters):
+            # the tiny floor makes the draw uniform (instead of undefined) when every point is already a centre
+            cdf = torch.cumsum(nearest.double() + 1e-30, dim=1)
+            target = draws[j] * cdf[:, -1:]
+            # first index whose cdf reaches the target; argmax over a 0/1 mask exports to ONNX, searchsorted may not
+            index = (cdf > target).to(torch.uint8).argmax(dim=1)
+            centroids.append(_gather_points(x, index))
+            distance = _squared_distances(x, sq_norms, centroids[-1].unsqueeze(1)).squeeze(-1).clamp_min(0)
+            nearest = torch.minimum(nearest, distance)
+        centres = torch.stack(centroids, dim=1)
+
+        for _ in range(num_iters):
+            assignments = _squared_distances(x, sq_norms, centres).argmin(-1)
+            one_hot = F.one_hot(assignments, num_clusters).float()  # (B, N, K)
+            counts = one_hot.sum(1).unsqueeze(-1)  # (B, K, 1)
+            # a matrix product instead of scatter_add keeps the update deterministic on CUDA
+            sums = torch.bmm(one_hot.transpose(1, 2), x)
+            centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+        assignments = _squared_distances(x, sq_norms, centres).argmin(-1)
+    return assignments, centres
+
+
+class KMeans(nn.Module):
+    """
+    Module form of :py:func:`batched_kmeans` with its k-means++ draws fixed at construction from ``seed``
+    (kept as a non-persistent buffer, so it follows ``.to(device)`` and is not saved in checkpoints).
+
+    Args:
+        num_clusters: K.
+        num_iters: Lloyd iterations after k-means++ initialisation.
+        seed: seed of the initialisation draws.
+    """
+
+    def __init__(self, num_clusters: int = 7, num_iters: int = 10, seed: int = 0) -> None:
+        super().__init__()
+        if num_clusters < 1:
+            raise ValueError(f"num_clusters must be >= 1, got {num_clusters}.")
+        self.num_clusters = num_clusters
+        self.num_iters = num_iters
+        self.register_buffer("init_draws", kmeans_init_draws(num_clusters, seed), persistent=False)
+
+    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, C) -> assignments (B, N), centroids (B, K, C); see :py:func:`batched_kmeans`."""
+        return batched_kmeans(points, self.num_clusters, self.num_iters, self.init_draws)

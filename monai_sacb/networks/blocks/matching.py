@@ -1,0 +1,52 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["similarity_matching_flow", "SimilarityMatching"]
+
+
+def similarity_matching_flow(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """
+    Parameter-free flow estimate from feature similarity over a 3x3(x3) search window.
+
+    For each voxel p and each offset v in {-1, 0, 1}^d (row-major, "ij" order), the score is the plain dot
+    product ``<fixed(p), moving(p + v)>`` over channels (zero outside the grid, no scaling or temperature);
+    the flow is the softmax-weighted mean offset ``sum_v softmax(score)_v * v``.
+    The 3^d shifted products are reduced over channels one offset at a time, so memory grows with 3^d x N,
+    never with 3^d x C x N as an unfolded window would. Computed in float32 (autocast-safe).
+
+    Args:
+        moving: (B, C, *S) moving features, already warped by the current estimate.
+        fixed: (B, C, *S) fixed features, same shape.
+
+    Returns:
+        (B, spatial_dims, *S) displacement in voxels of this grid, channel i along spatial axis i.
+    """
+    if moving.shape != fixed.shape:
+        raise ValueError(f"moving and fixed features must have one shape, got {tuple(moving.shape)} and {tuple(fixed.shape)}.")
+    spatial_dims = fixed.ndim - 2
+    spatial_shape = fixed.shape[2:]
+    offsets = list(itertools.product((-1, 0, 1), repeat=spatial_dims))
+    with torch.autocast(fixed.device.type, enabled=False):
+        fixed32, moving_pad = fixed.float(), F.pad(moving.float(), [1, 1] * spatial_dims)
+        scores = []
+        for offset in offsets:
+            window = (slice(None), slice(None)) + tuple(slice(1 + o, 1 + o + s) for o, s in zip(offset, spatial_shape))
+            scores.append((fixed32 * moving_pad[window]).sum(1))
+        prob = torch.softmax(torch.stack(scores, dim=1), dim=1)  # (B, 3^d, *S)
+        vectors = torch.tensor(offsets, dtype=prob.dtype, device=prob.device)  # (3^d, d)
+        return torch.einsum("bt...,td->bd...", prob, vectors)
+
+
+class SimilarityMatching(nn.Module):
+    """Module form of :py:func:`similarity_matching_flow`: ``forward(moving, fixed) -> flow``; no parameters."""
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        return similarity_matching_flow(moving, fixed)

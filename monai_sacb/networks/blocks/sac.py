@@ -1,0 +1,87 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from monai_sacb.networks.blocks.adaptive_conv import cluster_adaptive_conv
+from monai_sacb.networks.blocks.encoder import conv_norm_act
+from monai_sacb.networks.blocks.kmeans import KMeans
+
+__all__ = ["SACBlock"]
+
+
+def _mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_features)
+    )
+
+
+class SACBlock(nn.Module):
+    """
+    Spatial-awareness convolution block of SACB-Net.
+
+    1. ``x = proj_in(input)``: conv 3x3(x3), InstanceNorm, LeakyReLU(0.1).
+    2. Local descriptor of every voxel: the mean of x over its 3x3(x3) neighbourhood (zero padding, divisor 27 or 9).
+    3. k-means on the descriptors of each sample on its own (:py:class:`KMeans`; no gradient).
+    4. Per cluster centroid m: tap gains ``a = sigmoid(MLP_k(m))`` (one per kernel tap) and a bias
+       ``b = MLP_b(m)`` (one per channel); the cluster's kernel is the shared ``weight`` with its taps scaled by a.
+    5. ``out(p) = conv(x, weight * a[c(p)])(p) + b[c(p)]`` (:py:func:`cluster_adaptive_conv`).
+    6. Returns ``input + LeakyReLU(0.1)(out)``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        channels: C, input and output channels.
+        num_clusters: k-means clusters per sample (the paper uses 7). Does not change the parameter count.
+        kmeans_iters: Lloyd iterations after k-means++ initialisation.
+        kmeans_seed: seed of the k-means++ draws (fixed at construction: same input, same output).
+        kernel_hidden: hidden width of MLP_k.
+        bias_hidden: hidden width of MLP_b.
+
+    Input and output: (B, C, *S).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        channels: int = 16,
+        num_clusters: int = 7,
+        kmeans_iters: int = 10,
+        kmeans_seed: int = 0,
+        kernel_hidden: int = 128,
+        bias_hidden: int = 64,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        self.spatial_dims = spatial_dims
+        num_taps = 3**spatial_dims
+        self.proj_in = conv_norm_act(spatial_dims, channels, channels)
+        self.kmeans = KMeans(num_clusters, kmeans_iters, kmeans_seed)
+        self.kernel_mlp = _mlp(channels, kernel_hidden, num_taps)
+        self.bias_mlp = _mlp(channels, bias_hidden, channels)
+        self.weight = nn.Parameter(torch.empty(channels, channels, *([3] * spatial_dims)))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.negative_slope = 0.1
+
+    def cluster(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, *S) features -> assignments (B, N) and centroids (B, K, C) of their local descriptors."""
+        pool = F.avg_pool3d if self.spatial_dims == 3 else F.avg_pool2d
+        # explicit zero padding (instead of pool's own) also works on grids smaller than the window
+        descriptors = pool(F.pad(x.detach(), [1, 1] * self.spatial_dims), 3, stride=1)
+        return self.kmeans(descriptors.flatten(2).transpose(1, 2))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = self.proj_in(inputs)
+        assignments, centroids = self.cluster(x)
+        gains = torch.sigmoid(self.kernel_mlp(centroids))  # (B, K, T)
+        biases = self.bias_mlp(centroids)  # (B, K, C)
+        out = cluster_adaptive_conv(x, self.weight, gains, assignments)
+        voxel_bias = torch.gather(biases.transpose(1, 2), 2, assignments.unsqueeze(1).expand(-1, biases.shape[2], -1))
+        out = out + voxel_bias.view_as(out).to(out.dtype)
+        return inputs + F.leaky_relu(out, self.negative_slope)

@@ -1,0 +1,182 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks import Warp
+from torch import nn
+from torch.nn import functional as F
+
+from monai_sacb.networks.blocks.encoder import PyramidEncoder, conv_norm_act
+from monai_sacb.networks.blocks.matching import similarity_matching_flow
+from monai_sacb.networks.blocks.sac import SACBlock
+
+__all__ = ["SACBNet", "SACBNetDDF"]
+
+NUM_LEVELS = 5
+SIZE_DIVISOR = 2 ** (NUM_LEVELS - 1)
+
+
+class SACBNet(nn.Module):
+    """
+    SACB-Net: spatial-awareness convolutions for deformable image registration, as described in
+    Cheng et al., "SACB-Net: Spatial-awareness Convolutions for Medical Image Registration", CVPR 2025
+    (arXiv 2503.19592).
+
+    A shared five-level encoder extracts features of the moving and the fixed image. From the coarsest level
+    to level 2, a :py:class:`SACBlock` refines both feature maps (kernels adapted to k-means clusters of local
+    context), a parameter-free similarity matching over a 3x3(x3) window estimates an increment, and increments
+    are composed and upsampled. At full resolution a small convolutional head predicts the last increment.
+
+    Beyond the published code: 2D as well as 3D, any batch size, any input size divisible by 16, CPU or CUDA,
+    ``torch.autocast`` (k-means and matching run in float32), and a deterministic k-means (seeded k-means++ and
+    a fixed number of iterations), so the same input and weights give the same output on every call.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: channels of each of the moving and fixed images.
+        base_channels: c, the width of the first convolution; level widths are (2c, 4c, 8c, 16c, 16c).
+        num_clusters: k-means clusters in each SAC block (the paper uses 7).
+        kmeans_iters: Lloyd iterations per k-means call.
+        kmeans_seed: seed of the k-means++ initialisation draws.
+        warp_padding_mode: padding of the final warp of the moving image ("border", like ``Warp()``, or "zeros",
+            like the published code). Feature and flow warps inside the network always use zero padding.
+
+    Example::
+
+        net = SACBNet(spatial_dims=3)  # 1,105,591 trainable parameters
+        moving = torch.randn(1, 1, 160, 192, 224)
+        fixed = torch.randn(1, 1, 160, 192, 224)
+        warped, ddf = net(moving, fixed)  # ddf: (1, 3, 160, 192, 224), in voxels
+
+    ``ddf`` follows :py:class:`monai.networks.blocks.Warp`: channel i is the displacement along spatial axis i
+    in voxels, and ``warped(p) = moving(p + ddf(p))``, so ``warped == Warp(padding_mode=warp_padding_mode)(moving, ddf)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        base_channels: int = 4,
+        num_clusters: int = 7,
+        kmeans_iters: int = 10,
+        kmeans_seed: int = 0,
+        warp_padding_mode: str = "border",
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        c = base_channels
+        widths = (2 * c, 4 * c, 8 * c, 16 * c, 16 * c)
+        self.encoder = PyramidEncoder(spatial_dims, in_channels, widths, first_channels=c)
+        self.sac_blocks = nn.ModuleList(
+            SACBlock(spatial_dims, width, num_clusters, kmeans_iters, kmeans_seed) for width in widths[1:]
+        )  # levels 2..5
+        self.refine = nn.Sequential(
+            conv_norm_act(spatial_dims, widths[0], widths[0]), conv_norm_act(spatial_dims, widths[0], widths[0])
+        )
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        self.head = nn.Sequential(
+            conv_norm_act(spatial_dims, 2 * widths[0], widths[0]),
+            conv_norm_act(spatial_dims, widths[0], widths[0]),
+            conv(widths[0], spatial_dims, kernel_size=3, padding=1),
+        )
+        # one Warp per level, so that each keeps its reference grid cached
+        self.feature_warps = nn.ModuleList(Warp(mode="bilinear", padding_mode="zeros") for _ in range(NUM_LEVELS))
+        self.image_warp = Warp(mode="bilinear", padding_mode=warp_padding_mode)
+        # channels-last kernels are markedly faster for these narrow convolutions; a channels-last weight makes
+        # every convolution keep that layout, even after a one-channel input
+        self.to(memory_format=self._memory_format)
+
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last_3d if self.spatial_dims == 3 else torch.channels_last
+
+    def _apply(self, fn, recurse=True):
+        # Warp caches its reference grid as a plain attribute: drop it when the module changes device or dtype.
+        for warp in (*self.feature_warps, self.image_warp):
+            warp.ref_grid = None
+        return super()._apply(fn, recurse)
+
+    def _check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
+        expected = f"(B, {self.in_channels}, " + ", ".join("HWD"[: self.spatial_dims]) + ")"
+        for name, image in (("moving", moving), ("fixed", fixed)):
+            if image.ndim != self.spatial_dims + 2 or image.shape[1] != self.in_channels:
+                raise ValueError(
+                    f"SACBNet(spatial_dims={self.spatial_dims}, in_channels={self.in_channels}) expects {name} of "
+                    f"shape {expected}, got {tuple(image.shape)}."
+                )
+        if moving.shape != fixed.shape:
+            raise ValueError(
+                f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must have the same shape: resample "
+                "the pair onto one grid first (e.g. monai.transforms.Spacingd / ResampleToMatchd)."
+            )
+        bad = [s for s in fixed.shape[2:] if s % SIZE_DIVISOR]
+        if bad:
+            raise ValueError(
+                f"SACBNet needs spatial sizes divisible by {SIZE_DIVISOR} (four 2x poolings), got "
+                f"{tuple(fixed.shape[2:])}: pad or crop the images, e.g. monai.transforms.DivisiblePad(k={SIZE_DIVISOR})."
+            )
+
+    def _upsample(self, flow: torch.Tensor) -> torch.Tensor:
+        """Flow on one level -> flow on the next finer level (x2 in size and in voxel units)."""
+        mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
+        return F.interpolate(2 * flow, scale_factor=2, mode=mode, align_corners=True)
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            moving: (B, in_channels, *S) image to be warped; S divisible by 16.
+            fixed: (B, in_channels, *S) target image.
+
+        Returns:
+            ``(warped, ddf)``: the moving image warped onto the fixed image, (B, in_channels, *S), and the dense
+            displacement field in voxels, (B, spatial_dims, *S), float32 under autocast.
+        """
+        self._check_inputs(moving, fixed)
+        batch = fixed.shape[0]
+        # moving and fixed share every layer; one batch of 2B runs each layer once
+        pyramid = self.encoder(torch.cat([fixed, moving], dim=0).contiguous(memory_format=self._memory_format))
+
+        flow = None
+        for level in range(NUM_LEVELS - 1, 0, -1):  # 0-based levels 4..1, i.e. the paper's levels 5..2
+            features = pyramid[level]
+            warp = self.feature_warps[level]
+            if flow is not None:
+                fixed_feat, moving_feat = features[:batch], features[batch:]
+                features = torch.cat([fixed_feat, warp(moving_feat, flow.to(moving_feat.dtype))], dim=0)
+            features = self.sac_blocks[level - 1](features)
+            increment = similarity_matching_flow(features[batch:], features[:batch])
+            flow = increment if flow is None else warp(flow, increment) + increment
+            flow = self._upsample(flow)
+
+        features = pyramid[0]
+        warp = self.feature_warps[0]
+        fixed_feat, moving_feat = features[:batch], features[batch:]
+        features = self.refine(torch.cat([fixed_feat, warp(moving_feat, flow.to(moving_feat.dtype))], dim=0))
+        increment = self.head(torch.cat([features[:batch], features[batch:]], dim=1)).float()
+        ddf = (warp(flow, increment) + increment).contiguous()
+        warped = self.image_warp(moving, ddf.to(moving.dtype))
+        return warped, ddf
+
+
+class SACBNetDDF(SACBNet):
+    """
+    :py:class:`SACBNet` with a single input and a single output, for bundles (``verify_net_in_out``),
+    ``torch.jit.trace`` and ONNX export: ``forward(pair) -> ddf`` where ``pair`` is (B, 2 * in_channels, *S),
+    moving channels first then fixed. It has exactly SACBNet's parameters and state-dict keys, so checkpoints
+    move freely between the two; ``SACBNet.forward(net, moving, fixed)`` still gives ``(warped, ddf)``.
+    """
+
+    def forward(self, pair: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """(B, 2 * in_channels, *S) [moving, fixed] -> ddf (B, spatial_dims, *S) in voxels."""
+        if pair.ndim != self.spatial_dims + 2 or pair.shape[1] != 2 * self.in_channels:
+            raise ValueError(
+                f"SACBNetDDF expects one tensor of shape (B, {2 * self.in_channels}, *spatial) holding the moving "
+                f"then the fixed image along channels, got {tuple(pair.shape)}."
+            )
+        moving, fixed = pair[:, : self.in_channels], pair[:, self.in_channels :]
+        return super().forward(moving, fixed)[1]
