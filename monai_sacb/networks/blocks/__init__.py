@@ -5,4 +5,4 @@ from .adaptive_conv import cluster_adaptive_conv
 from .encoder import PyramidEncoder, conv_norm_act
 from .kmeans import KMeans, batched_kmeans, kmeans_init_draws
 from .matching import SimilarityMatching, similarity_matching_flow
-from .sac import SACBlock
+from .sac import SACBlock, local_mean

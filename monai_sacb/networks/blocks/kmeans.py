@@ -34,7 +34,11 @@ def _gather_points(points: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def batched_kmeans(
-    points: torch.Tensor, num_clusters: int, num_iters: int = 10, init_draws: torch.Tensor | None = None
+    points: torch.Tensor,
+    num_clusters: int,
+    num_iters: int = 10,
+    init_draws: torch.Tensor | None = None,
+    max_points: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Euclidean k-means, run on each sample of a batch on its own, on the tensor's device.
@@ -51,6 +55,9 @@ def batched_kmeans(
         num_clusters: K, the number of clusters (K <= N).
         num_iters: number of Lloyd iterations after initialisation.
         init_draws: (K,) uniform draws in [0, 1) for k-means++; defaults to ``kmeans_init_draws(K, seed=0)``.
+        max_points: when N is larger, centroids are fitted on every ``ceil(N / max_points)``-th point (a fixed,
+            evenly spread subset) and then all N points are assigned to them; ``None`` fits on all points.
+            For voxel descriptors, which vary smoothly, this changes the centroids little and the cost a lot.
 
     Returns:
         assignments (B, N) int64 in [0, K), and centroids (B, K, C) float32, consistent with each other
@@ -68,8 +75,14 @@ def batched_kmeans(
     if init_draws.numel() != num_clusters:
         raise ValueError(f"init_draws must have {num_clusters} values, got {init_draws.numel()}.")
 
+    if max_points is not None and max_points < num_clusters:
+        raise ValueError(f"max_points must be >= num_clusters={num_clusters}, got {max_points}.")
+
     with torch.no_grad(), torch.autocast(points.device.type, enabled=False):
-        x = points.detach().float()
+        all_points = points.detach().float()
+        stride = 1 if max_points is None else -(-num_points // max_points)
+        x = all_points[:, ::stride]
+        num_points = x.shape[1]
         sq_norms = x.pow(2).sum(-1, keepdim=True)
         draws = init_draws.to(device=x.device, dtype=torch.float64)
 
@@ -95,6 +108,8 @@ def batched_kmeans(
             # a matrix product instead of scatter_add keeps the update deterministic on CUDA
             sums = torch.bmm(one_hot.transpose(1, 2), x)
             centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+        if stride > 1:
+            x, sq_norms = all_points, all_points.pow(2).sum(-1, keepdim=True)
         assignments = _squared_distances(x, sq_norms, centres).argmin(-1)
     return assignments, centres
 
@@ -108,16 +123,18 @@ class KMeans(nn.Module):
         num_clusters: K.
         num_iters: Lloyd iterations after k-means++ initialisation.
         seed: seed of the initialisation draws.
+        max_points: fit centroids on an evenly spread subset of at most this many points (``None``: all points).
     """
 
-    def __init__(self, num_clusters: int = 7, num_iters: int = 10, seed: int = 0) -> None:
+    def __init__(self, num_clusters: int = 7, num_iters: int = 10, seed: int = 0, max_points: int | None = None) -> None:
         super().__init__()
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}.")
         self.num_clusters = num_clusters
         self.num_iters = num_iters
+        self.max_points = max_points
         self.register_buffer("init_draws", kmeans_init_draws(num_clusters, seed), persistent=False)
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N, C) -> assignments (B, N), centroids (B, K, C); see :py:func:`batched_kmeans`."""
-        return batched_kmeans(points, self.num_clusters, self.num_iters, self.init_draws)
+        return batched_kmeans(points, self.num_clusters, self.num_iters, self.init_draws, self.max_points)

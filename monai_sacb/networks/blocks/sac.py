@@ -13,7 +13,21 @@ from monai_sacb.networks.blocks.adaptive_conv import cluster_adaptive_conv
 from monai_sacb.networks.blocks.encoder import conv_norm_act
 from monai_sacb.networks.blocks.kmeans import KMeans
 
-__all__ = ["SACBlock"]
+__all__ = ["SACBlock", "local_mean"]
+
+
+def local_mean(x: torch.Tensor) -> torch.Tensor:
+    """
+    Mean of each channel over every voxel's 3x3(x3) neighbourhood, zero padded, divisor 27 (9 in 2D): the same
+    as ``avg_pool(x, 3, stride=1, padding=1, count_include_pad=True)``, as a separable sum (several times faster
+    on CPU, and defined on grids smaller than the window). (B, C, *S) -> (B, C, *S).
+    """
+    spatial_dims = x.ndim - 2
+    total = F.pad(x, [1, 1] * spatial_dims)
+    for axis in range(2, x.ndim):
+        size = total.shape[axis] - 2
+        total = total.narrow(axis, 0, size) + total.narrow(axis, 1, size) + total.narrow(axis, 2, size)
+    return total / 3**spatial_dims
 
 
 def _mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
@@ -40,6 +54,8 @@ class SACBlock(nn.Module):
         num_clusters: k-means clusters per sample (the paper uses 7). Does not change the parameter count.
         kmeans_iters: Lloyd iterations after k-means++ initialisation.
         kmeans_seed: seed of the k-means++ draws (fixed at construction: same input, same output).
+        kmeans_max_points: centroids are fitted on an evenly spread subset of at most this many voxels, then
+            every voxel is assigned (``None``: fit on all voxels, as the published code does).
         kernel_hidden: hidden width of MLP_k.
         bias_hidden: hidden width of MLP_b.
 
@@ -53,6 +69,7 @@ class SACBlock(nn.Module):
         num_clusters: int = 7,
         kmeans_iters: int = 10,
         kmeans_seed: int = 0,
+        kmeans_max_points: int | None = 16384,
         kernel_hidden: int = 128,
         bias_hidden: int = 64,
     ) -> None:
@@ -62,7 +79,7 @@ class SACBlock(nn.Module):
         self.spatial_dims = spatial_dims
         num_taps = 3**spatial_dims
         self.proj_in = conv_norm_act(spatial_dims, channels, channels)
-        self.kmeans = KMeans(num_clusters, kmeans_iters, kmeans_seed)
+        self.kmeans = KMeans(num_clusters, kmeans_iters, kmeans_seed, kmeans_max_points)
         self.kernel_mlp = _mlp(channels, kernel_hidden, num_taps)
         self.bias_mlp = _mlp(channels, bias_hidden, channels)
         self.weight = nn.Parameter(torch.empty(channels, channels, *([3] * spatial_dims)))
@@ -71,9 +88,7 @@ class SACBlock(nn.Module):
 
     def cluster(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, *S) features -> assignments (B, N) and centroids (B, K, C) of their local descriptors."""
-        pool = F.avg_pool3d if self.spatial_dims == 3 else F.avg_pool2d
-        # explicit zero padding (instead of pool's own) also works on grids smaller than the window
-        descriptors = pool(F.pad(x.detach(), [1, 1] * self.spatial_dims), 3, stride=1)
+        descriptors = local_mean(x.detach())
         return self.kmeans(descriptors.flatten(2).transpose(1, 2))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -81,7 +96,5 @@ class SACBlock(nn.Module):
         assignments, centroids = self.cluster(x)
         gains = torch.sigmoid(self.kernel_mlp(centroids))  # (B, K, T)
         biases = self.bias_mlp(centroids)  # (B, K, C)
-        out = cluster_adaptive_conv(x, self.weight, gains, assignments)
-        voxel_bias = torch.gather(biases.transpose(1, 2), 2, assignments.unsqueeze(1).expand(-1, biases.shape[2], -1))
-        out = out + voxel_bias.view_as(out).to(out.dtype)
+        out = cluster_adaptive_conv(x, self.weight, gains, assignments, biases)
         return inputs + F.leaky_relu(out, self.negative_slope)

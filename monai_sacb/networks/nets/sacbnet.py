@@ -40,6 +40,8 @@ class SACBNet(nn.Module):
         num_clusters: k-means clusters in each SAC block (the paper uses 7).
         kmeans_iters: Lloyd iterations per k-means call.
         kmeans_seed: seed of the k-means++ initialisation draws.
+        kmeans_max_points: k-means fits its centroids on an evenly spread subset of at most this many voxels
+            and then assigns every voxel (``None``: fit on all voxels, like the published code; slower).
         warp_padding_mode: padding of the final warp of the moving image ("border", like ``Warp()``, or "zeros",
             like the published code). Feature and flow warps inside the network always use zero padding.
 
@@ -62,6 +64,7 @@ class SACBNet(nn.Module):
         num_clusters: int = 7,
         kmeans_iters: int = 10,
         kmeans_seed: int = 0,
+        kmeans_max_points: int | None = 16384,
         warp_padding_mode: str = "border",
     ) -> None:
         super().__init__()
@@ -73,7 +76,7 @@ class SACBNet(nn.Module):
         widths = (2 * c, 4 * c, 8 * c, 16 * c, 16 * c)
         self.encoder = PyramidEncoder(spatial_dims, in_channels, widths, first_channels=c)
         self.sac_blocks = nn.ModuleList(
-            SACBlock(spatial_dims, width, num_clusters, kmeans_iters, kmeans_seed) for width in widths[1:]
+            SACBlock(spatial_dims, width, num_clusters, kmeans_iters, kmeans_seed, kmeans_max_points) for width in widths[1:]
         )  # levels 2..5
         self.refine = nn.Sequential(
             conv_norm_act(spatial_dims, widths[0], widths[0]), conv_norm_act(spatial_dims, widths[0], widths[0])
