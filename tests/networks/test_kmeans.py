@@ -1,0 +1,213 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monai_sacb.networks import KMeans, batched_kmeans, kmeans_init_draws
+
+# three well separated blob centres per sample, different for each sample of the batch
+CENTRES = torch.tensor(
+    [
+        [[10.0, 0.0, 0.0, 0.0], [0.0, 10.0, 0.0, 0.0], [0.0, 0.0, -10.0, 5.0]],
+        [[-8.0, -8.0, 3.0, 0.0], [8.0, 0.0, 8.0, -3.0], [0.0, 6.0, 0.0, 12.0]],
+    ]
+)
+POINTS_PER_BLOB = 40
+
+
+def _planted_blobs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2, 120, 4) points from 3 Gaussian blobs (std 0.2) per sample, shuffled, and their (2, 120) true labels."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, num_blobs, channels = CENTRES.shape
+    labels = torch.arange(num_blobs).repeat_interleave(POINTS_PER_BLOB)
+    points, truth = [], []
+    for b in range(batch):
+        order = torch.randperm(labels.numel(), generator=generator)
+        noise = 0.2 * torch.randn(labels.numel(), channels, generator=generator)
+        points.append(CENTRES[b][labels[order]] + noise)
+        truth.append(labels[order])
+    return torch.stack(points), torch.stack(truth)
+
+
+def _nearest_centroid(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    return torch.cdist(points.double(), centroids.double()).argmin(-1)
+
+
+def test_finds_planted_clusters_per_sample():
+    points, truth = _planted_blobs()
+    assignments, centroids = batched_kmeans(points, 3)
+    assert assignments.shape == (2, 3 * POINTS_PER_BLOB)
+    assert assignments.dtype == torch.int64
+    assert centroids.shape == (2, 3, 4)
+    assert centroids.dtype == torch.float32
+    for b in range(2):
+        found = []
+        for blob in range(3):
+            labels = assignments[b][truth[b] == blob].unique()
+            assert labels.numel() == 1, f"sample {b}: planted blob {blob} split over clusters {labels.tolist()}"
+            found.append(int(labels))
+            # the centroid of that cluster sits at the blob's true centre (noise std 0.2, 40 points)
+            torch.testing.assert_close(centroids[b, found[-1]], CENTRES[b, blob], atol=0.15, rtol=0)
+        assert sorted(found) == [0, 1, 2], f"sample {b}: two blobs share a cluster: {found}"
+
+
+def test_assignments_are_nearest_returned_centroid():
+    generator = torch.Generator().manual_seed(3)
+    points = torch.randn(2, 200, 5, generator=generator)
+    assignments, centroids = batched_kmeans(points, 6)
+    assert torch.equal(assignments, _nearest_centroid(points, centroids))
+    assert int(assignments.min()) >= 0 and int(assignments.max()) < 6
+
+
+def test_deterministic_bitwise():
+    generator = torch.Generator().manual_seed(1)
+    points = torch.randn(2, 300, 8, generator=generator)
+    first = batched_kmeans(points, 7)
+    second = batched_kmeans(points.clone(), 7)
+    assert torch.equal(first[0], second[0])
+    assert torch.equal(first[1], second[1])
+    module = KMeans(7)
+    third = module(points)
+    assert torch.equal(first[0], third[0]) and torch.equal(first[1], third[1])
+
+
+def test_batch_samples_are_independent():
+    points, _ = _planted_blobs()
+    assignments, centroids = batched_kmeans(points, 3)
+    for b in range(2):
+        single_assignments, single_centroids = batched_kmeans(points[b : b + 1], 3)
+        assert torch.equal(single_assignments[0], assignments[b])
+        torch.testing.assert_close(single_centroids[0], centroids[b])
+
+
+def test_constant_input_single_cluster_no_nan():
+    points = torch.full((2, 50, 3), 1.5)
+    assignments, centroids = batched_kmeans(points, 4)
+    assert torch.isfinite(centroids).all()
+    assert torch.equal(assignments, torch.zeros(2, 50, dtype=torch.int64))
+    torch.testing.assert_close(centroids, torch.full((2, 4, 3), 1.5))
+
+
+def test_more_clusters_than_distinct_points_no_nan():
+    # only 2 distinct points, 5 clusters: some clusters must end up empty
+    base = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    points = base.repeat(6, 1).unsqueeze(0).repeat(2, 1, 1)  # (2, 12, 2)
+    assignments, centroids = batched_kmeans(points, 5)
+    assert torch.isfinite(centroids).all()
+    assert int(assignments.min()) >= 0 and int(assignments.max()) < 5
+    # every point sits exactly on its centroid
+    torch.testing.assert_close(torch.gather(centroids, 1, assignments.unsqueeze(-1).expand(-1, -1, 2)), points)
+    # the two distinct points are in different clusters
+    assert (assignments[:, 0] != assignments[:, 1]).all()
+
+
+def test_more_clusters_than_points():
+    # a tiny coarse level can have fewer voxels than clusters: no error, no NaN, extra clusters stay empty
+    points = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(4))
+    assignments, centroids = batched_kmeans(points, 7)
+    assert assignments.shape == (2, 4) and centroids.shape == (2, 7, 3)
+    assert torch.isfinite(centroids).all()
+    assert int(assignments.min()) >= 0 and int(assignments.max()) < 7
+    torch.testing.assert_close(torch.gather(centroids, 1, assignments.unsqueeze(-1).expand(-1, -1, 3)), points)
+    assert all(assignments[b].unique().numel() == 4 for b in range(2))  # distinct points stay apart
+
+
+def test_max_points_subset():
+    points, truth = _planted_blobs(seed=6)
+    full = batched_kmeans(points, 3)
+    # a subset at least as large as N is no subset
+    same = batched_kmeans(points, 3, max_points=points.shape[1])
+    assert torch.equal(full[0], same[0]) and torch.equal(full[1], same[1])
+    # fitting on every 4th point still finds the planted blobs, and every point is assigned
+    assignments, centroids = batched_kmeans(points, 3, max_points=30)
+    assert assignments.shape == truth.shape
+    assert torch.equal(assignments, _nearest_centroid(points, centroids))
+    for b in range(2):
+        for blob in range(3):
+            assert assignments[b][truth[b] == blob].unique().numel() == 1
+            label = int(assignments[b][truth[b] == blob][0])
+            torch.testing.assert_close(centroids[b, label], CENTRES[b, blob], atol=0.25, rtol=0)
+    again = KMeans(3, max_points=30)(points)
+    assert torch.equal(again[0], assignments) and torch.equal(again[1], centroids)
+
+
+def test_no_gradient_through_outputs():
+    points = torch.randn(1, 30, 3, requires_grad=True)
+    assignments, centroids = batched_kmeans(points, 3)
+    assert not assignments.requires_grad
+    assert not centroids.requires_grad
+    assert not KMeans(3)(points)[1].requires_grad
+
+
+def test_bfloat16_input_is_clustered_in_float32():
+    points, _ = _planted_blobs(seed=5)
+    generator = torch.Generator().manual_seed(5)
+    points = (points + torch.randn(points.shape, generator=generator)).bfloat16()
+    assignments, centroids = batched_kmeans(points, 4)
+    ref_assignments, ref_centroids = batched_kmeans(points.float(), 4)
+    assert centroids.dtype == torch.float32
+    assert torch.equal(assignments, ref_assignments)
+    assert torch.equal(centroids, ref_centroids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto_assignments, auto_centroids = batched_kmeans(points.float(), 4)
+    assert auto_centroids.dtype == torch.float32
+    assert torch.equal(auto_assignments, ref_assignments)
+    assert torch.equal(auto_centroids, ref_centroids)
+
+
+def test_init_draws_are_seeded():
+    draws = kmeans_init_draws(7, seed=3)
+    assert draws.shape == (7,) and draws.dtype == torch.float32
+    assert ((draws >= 0) & (draws < 1)).all()
+    assert torch.equal(draws, kmeans_init_draws(7, seed=3))
+    assert not torch.equal(draws, kmeans_init_draws(7, seed=4))
+    # the module's draws come from its seed, the function's default is seed 0
+    points = torch.randn(1, 100, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(KMeans(4, seed=0)(points)[0], batched_kmeans(points, 4)[0])
+    explicit = batched_kmeans(points, 4, init_draws=kmeans_init_draws(4, seed=9))
+    assert torch.equal(KMeans(4, seed=9)(points)[0], explicit[0])
+
+
+@pytest.mark.parametrize(
+    "shape, num_clusters, match",
+    [
+        ((10, 3), 2, r"\(B, N, C\)"),
+        ((1, 2, 10, 3), 2, r"\(B, N, C\)"),
+        ((1, 10, 3), 0, "num_clusters"),
+        ((1, 10, 3), -2, "num_clusters"),
+    ],
+)
+def test_bad_inputs_raise_value_error(shape, num_clusters, match):
+    with pytest.raises(ValueError, match=match):
+        batched_kmeans(torch.randn(shape), num_clusters)
+
+
+def test_bad_init_draws_and_iters_raise_value_error():
+    points = torch.randn(1, 10, 3)
+    with pytest.raises(ValueError, match="init_draws"):
+        batched_kmeans(points, 3, init_draws=torch.rand(2))
+    with pytest.raises(ValueError, match="num_iters"):
+        batched_kmeans(points, 3, num_iters=-1)
+    with pytest.raises(ValueError, match="max_points"):
+        batched_kmeans(points, 3, max_points=2)
+    with pytest.raises(ValueError, match="num_clusters"):
+        KMeans(num_clusters=0)
+
+
+def test_module_buffer_follows_to_and_is_not_saved():
+    module = KMeans(5, seed=2)
+    assert torch.equal(module.init_draws, kmeans_init_draws(5, seed=2))
+    assert "init_draws" not in module.state_dict()
+    assert list(module.parameters()) == []
+    moved = module.to(torch.float64)
+    assert moved.init_draws.dtype == torch.float64
+    meta = KMeans(5).to("meta")
+    assert meta.init_draws.device.type == "meta"
+    if torch.cuda.is_available():
+        cuda = KMeans(5).to("cuda")
+        assert cuda.init_draws.device.type == "cuda"
+        assignments, centroids = cuda(torch.randn(2, 40, 3, device="cuda"))
+        assert assignments.device.type == "cuda" and centroids.device.type == "cuda"

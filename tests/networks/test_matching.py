@@ -1,0 +1,131 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from monai.networks.blocks import Warp
+from torch.nn import functional as F
+
+from monai_sacb.networks import SimilarityMatching, similarity_matching_flow
+
+pytestmark = pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp")
+
+
+def reference_flow(moving, fixed):
+    """The unfold formulation: (B, N, 3^d, C) neighbourhoods of moving, dot with fixed, softmax, mean offset."""
+    spatial_dims = fixed.ndim - 2
+    batch, channels = fixed.shape[:2]
+    spatial = fixed.shape[2:]
+    offsets = list(itertools.product((-1, 0, 1), repeat=spatial_dims))  # ij order
+    padded = F.pad(moving, [1, 1] * spatial_dims)
+    if spatial_dims == 2:
+        columns = F.unfold(padded, kernel_size=3)  # (B, C * 9, N), kernel positions row-major per channel
+        neighbourhood = columns.view(batch, channels, 9, -1).permute(0, 3, 2, 1)  # (B, N, 9, C)
+    else:
+        shifts = []
+        for offset in offsets:
+            index = tuple(slice(1 + o, 1 + o + s) for o, s in zip(offset, spatial))
+            shifts.append(padded[(slice(None), slice(None)) + index].flatten(2))  # (B, C, N)
+        neighbourhood = torch.stack(shifts, dim=2).permute(0, 3, 2, 1)  # (B, N, 27, C)
+    centre = fixed.flatten(2).transpose(1, 2).unsqueeze(-1)  # (B, N, C, 1)
+    scores = (neighbourhood @ centre).squeeze(-1)  # (B, N, 3^d)
+    prob = scores.softmax(-1)
+    vectors = torch.tensor(offsets, dtype=prob.dtype)  # (3^d, d)
+    flow = prob @ vectors  # (B, N, d)
+    return flow.transpose(1, 2).reshape(batch, spatial_dims, *spatial)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 6), (2, 6, 4, 5, 3), (1, 3, 6, 6, 6)])
+def test_equals_unfold_reference(shape):
+    generator = torch.Generator().manual_seed(0)
+    moving = torch.randn(shape, generator=generator, dtype=torch.float64)
+    fixed = torch.randn(shape, generator=generator, dtype=torch.float64)
+    flow = similarity_matching_flow(moving, fixed)
+    spatial_dims = len(shape) - 2
+    assert flow.shape == (shape[0], spatial_dims, *shape[2:])
+    assert flow.dtype == torch.float64  # at least float32: float64 stays float64
+    expected = reference_flow(moving, fixed)
+    # the flow is not trivially zero and not saturated everywhere
+    assert expected.abs().max() > 0.5
+    torch.testing.assert_close(flow, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(SimilarityMatching()(moving, fixed), flow)
+    flow32 = similarity_matching_flow(moving.float(), fixed.float())
+    assert flow32.dtype == torch.float32
+    torch.testing.assert_close(flow32.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def _one_hot_labels(spatial_shape, shift_axis=None):
+    """
+    Scaled one-hot features (1, 3^d, *S) whose label at p is the row-major index of (p mod 3): any 3x3(x3)
+    window holds each label once. With shift_axis, the label pattern is moved by +1 voxel along that axis.
+    """
+    grids = torch.meshgrid(*[torch.arange(s) for s in spatial_shape], indexing="ij")
+    label = torch.zeros(spatial_shape, dtype=torch.int64)
+    for axis, grid in enumerate(grids):
+        coordinate = grid - 1 if axis == shift_axis else grid
+        label = label * 3 + coordinate.remainder(3)
+    features = F.one_hot(label, 3 ** len(spatial_shape)).movedim(-1, 0).float()
+    return 10.0 * features.unsqueeze(0)
+
+
+@pytest.mark.parametrize("spatial_shape", [(7, 6), (6, 5, 4)])
+def test_known_shift(spatial_shape):
+    spatial_dims = len(spatial_shape)
+    fixed = _one_hot_labels(spatial_shape)
+    for axis in range(spatial_dims):
+        # moving(q) = fixed(q - e_axis), so warped(p) = moving(p + ddf(p)) = fixed(p) needs ddf = +e_axis
+        moving = _one_hot_labels(spatial_shape, shift_axis=axis)
+        flow = similarity_matching_flow(moving, fixed)
+        inside = [slice(None)] * spatial_dims
+        inside[axis] = slice(0, spatial_shape[axis] - 1)  # where p + e_axis is still on the grid
+        expected = torch.zeros(spatial_dims, *spatial_shape)
+        expected[axis] = 1.0
+        region = (slice(None), slice(None)) + tuple(inside)
+        torch.testing.assert_close(flow[region], expected.unsqueeze(0)[region], atol=1e-5, rtol=0)
+        # and monai's Warp with that flow brings moving onto fixed
+        warped = Warp(mode="bilinear", padding_mode="zeros")(moving, flow)
+        torch.testing.assert_close(warped[region], fixed[region], atol=1e-3, rtol=0)
+
+
+def test_identical_peaked_features_give_zero_flow():
+    fixed = _one_hot_labels((5, 4, 6))
+    flow = similarity_matching_flow(fixed, fixed)
+    torch.testing.assert_close(flow, torch.zeros_like(flow), atol=1e-5, rtol=0)
+
+
+def test_bfloat16_and_autocast_computed_in_float32():
+    generator = torch.Generator().manual_seed(2)
+    moving = torch.randn(1, 4, 6, 5, 4, generator=generator).bfloat16()
+    fixed = torch.randn(1, 4, 6, 5, 4, generator=generator).bfloat16()
+    expected = similarity_matching_flow(moving.float(), fixed.float())
+    flow = similarity_matching_flow(moving, fixed)
+    assert flow.dtype == torch.float32
+    torch.testing.assert_close(flow, expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = similarity_matching_flow(moving.float(), fixed.float())
+    assert auto.dtype == torch.float32
+    torch.testing.assert_close(auto, expected)
+
+
+def test_gradients_equal_reference():
+    generator = torch.Generator().manual_seed(3)
+    moving = torch.randn(2, 3, 5, 4, 3, generator=generator, requires_grad=True)
+    fixed = torch.randn(2, 3, 5, 4, 3, generator=generator, requires_grad=True)
+    grads = torch.autograd.grad(similarity_matching_flow(moving, fixed).square().sum(), (moving, fixed))
+    ref_grads = torch.autograd.grad(reference_flow(moving, fixed).square().sum(), (moving, fixed))
+    for grad, ref in zip(grads, ref_grads):
+        assert ref.abs().max() > 0
+        torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_module_has_no_parameters():
+    assert list(SimilarityMatching().parameters()) == []
+
+
+def test_shape_mismatch_raises_value_error():
+    with pytest.raises(ValueError, match="shape"):
+        similarity_matching_flow(torch.zeros(1, 4, 6, 6, 6), torch.zeros(1, 4, 6, 6, 5))

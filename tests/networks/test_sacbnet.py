@@ -1,0 +1,325 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from monai.networks.blocks import Warp
+
+from monai_sacb.networks import SACBNet, SACBNetDDF
+
+pytestmark = pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp")
+
+DEFAULT_PARAMETERS = 1_105_591
+
+
+def _count(net):
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def _pair(shape, seed=0, dtype=torch.float32):
+    """A moving and a fixed image (values in [1, 2], so zero padding differs from border padding)."""
+    generator = torch.Generator().manual_seed(seed)
+    moving = 1 + torch.rand(shape, generator=generator, dtype=dtype)
+    fixed = 1 + torch.rand(shape, generator=generator, dtype=dtype)
+    return moving, fixed
+
+
+def _net(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return SACBNet(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- parameters
+
+
+def test_default_parameter_count():
+    assert _count(SACBNet()) == DEFAULT_PARAMETERS
+    assert _count(SACBNetDDF()) == DEFAULT_PARAMETERS
+    assert sum(p.numel() for p in SACBNet().parameters()) == DEFAULT_PARAMETERS  # nothing frozen
+
+
+@pytest.mark.parametrize("num_clusters", [1, 3, 5, 11])
+def test_num_clusters_does_not_change_parameter_count(num_clusters):
+    assert _count(SACBNet(num_clusters=num_clusters)) == DEFAULT_PARAMETERS
+
+
+def test_2d_parameter_count_does_not_depend_on_num_clusters():
+    counts = {k: _count(SACBNet(spatial_dims=2, num_clusters=k)) for k in (2, 7, 11)}
+    assert len(set(counts.values())) == 1, counts
+    count_2d = counts[7]
+    # 3x3 kernels instead of 3x3x3: fewer parameters than 3D, but the MLPs keep it well above zero
+    assert 0 < count_2d < DEFAULT_PARAMETERS
+    assert count_2d > 0.3 * DEFAULT_PARAMETERS
+
+
+def test_bad_spatial_dims():
+    with pytest.raises(ValueError, match="spatial_dims"):
+        SACBNet(spatial_dims=4)
+
+
+# -------------------------------------------------------------------------------------------------------- shapes
+
+SHAPE_CASES = [
+    # spatial_dims, batch, in_channels, spatial shape, num_clusters
+    (3, 1, 1, (32, 48, 16), 3),
+    (3, 2, 2, (32, 48, 16), 5),
+    (3, 2, 1, (32, 32, 32), 7),
+    (3, 1, 2, (32, 32, 32), 7),
+    (2, 1, 2, (32, 48), 3),
+    (2, 2, 1, (32, 48), 6),
+    (2, 2, 2, (64, 48), 7),
+    (2, 1, 1, (64, 48), 7),
+]
+
+
+@pytest.mark.parametrize("spatial_dims, batch, in_channels, spatial, num_clusters", SHAPE_CASES)
+def test_output_shapes(spatial_dims, batch, in_channels, spatial, num_clusters):
+    net = _net(spatial_dims=spatial_dims, in_channels=in_channels, num_clusters=num_clusters)
+    moving, fixed = _pair((batch, in_channels, *spatial))
+    with torch.no_grad():
+        warped, ddf = net(moving, fixed)
+    assert warped.shape == (batch, in_channels, *spatial)
+    assert ddf.shape == (batch, spatial_dims, *spatial)
+    assert warped.dtype == ddf.dtype == torch.float32
+    assert torch.isfinite(warped).all() and torch.isfinite(ddf).all()
+    assert ddf.abs().max() > 0
+
+
+@pytest.mark.parametrize("spatial_dims, spatial", [(3, (32, 48, 16)), (2, (32, 48))])
+def test_default_config_runs_on_small_non_cubic_inputs(spatial_dims, spatial):
+    net = _net(spatial_dims=spatial_dims)
+    moving, fixed = _pair((1, 1, *spatial))
+    with torch.no_grad():
+        warped, ddf = net(moving, fixed)
+    assert ddf.shape == (1, spatial_dims, *spatial)
+
+
+def test_batch_samples_are_independent():
+    net = _net(num_clusters=3)
+    moving, fixed = _pair((2, 1, 32, 48, 16), seed=1)
+    with torch.no_grad():
+        _, ddf = net(moving, fixed)
+        _, ddf_second = net(moving[1:], fixed[1:])
+    torch.testing.assert_close(ddf[1:], ddf_second, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------- determinism
+
+
+def test_same_input_same_weights_bitwise_same_output():
+    net = _net(num_clusters=7)
+    moving, fixed = _pair((2, 1, 32, 32, 32), seed=2)
+    with torch.no_grad():
+        first = net(moving, fixed)
+        second = net(moving.clone(), fixed.clone())
+    assert torch.equal(first[0], second[0])
+    assert torch.equal(first[1], second[1])
+    # a second network with the same weights (e.g. restored from a checkpoint) agrees bitwise too
+    other = SACBNet(num_clusters=7)
+    other.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        third = other(moving, fixed)
+    assert torch.equal(first[1], third[1])
+
+
+# ----------------------------------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("spatial_dims, spatial", [(3, (32, 32, 32)), (2, (64, 48))])
+def test_gradients_reach_every_parameter(spatial_dims, spatial):
+    net = _net(spatial_dims=spatial_dims)
+    moving, fixed = _pair((2, 1, *spatial), seed=3)
+    warped, ddf = net(moving, fixed)
+    smoothness = sum(ddf.diff(dim=d).square().mean() for d in range(2, ddf.ndim))
+    loss = (warped - fixed).square().mean() + 0.1 * smoothness
+    loss.backward()
+    no_grad = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not no_grad, f"parameters without a gradient: {no_grad}"
+    not_finite = [n for n, p in net.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert not not_finite, f"parameters with non-finite gradients: {not_finite}"
+    zero = [n for n, p in net.named_parameters() if not (p.grad.abs().max() > 0)]
+    assert not zero, f"parameters with an all-zero gradient: {zero}"
+
+
+def test_input_gradients():
+    net = _net(num_clusters=3)
+    moving, fixed = _pair((1, 1, 32, 48, 16), seed=4)
+    moving.requires_grad_(True)
+    fixed.requires_grad_(True)
+    warped, ddf = net(moving, fixed)
+    (warped.mean() + ddf.square().mean()).backward()
+    assert moving.grad.abs().max() > 0 and fixed.grad.abs().max() > 0
+
+
+# ---------------------------------------------------------------------------------------------------------- warp
+
+
+@pytest.mark.parametrize("padding_mode", [None, "border", "zeros"])
+def test_warped_is_monai_warp_of_moving(padding_mode):
+    kwargs = {} if padding_mode is None else {"warp_padding_mode": padding_mode}
+    net = _net(num_clusters=3, **kwargs)
+    moving, fixed = _pair((2, 1, 32, 48, 16), seed=5)
+    with torch.no_grad():
+        warped, ddf = net(moving, fixed)
+    expected = Warp(mode="bilinear", padding_mode=padding_mode or "border")(moving, ddf)
+    torch.testing.assert_close(warped, expected, rtol=1e-6, atol=1e-6)
+    # the ddf reaches outside the grid, so the padding mode matters and the check above has teeth
+    other_mode = "border" if padding_mode == "zeros" else "zeros"
+    other = Warp(mode="bilinear", padding_mode=other_mode)
+    assert (other(moving, ddf) - warped).abs().max() > 1e-3
+
+
+def test_warped_is_monai_warp_2d():
+    net = _net(spatial_dims=2, in_channels=2, warp_padding_mode="zeros")
+    moving, fixed = _pair((2, 2, 64, 48), seed=6)
+    with torch.no_grad():
+        warped, ddf = net(moving, fixed)
+    torch.testing.assert_close(warped, Warp(mode="bilinear", padding_mode="zeros")(moving, ddf), rtol=1e-6, atol=1e-6)
+
+
+# -------------------------------------------------------------------------------------------------------- errors
+
+
+def test_size_not_divisible_by_16():
+    net = SACBNet()
+    moving, fixed = _pair((1, 1, 32, 32, 24))
+    with pytest.raises(ValueError, match="divisible by 16") as info:
+        net(moving, fixed)
+    assert "DivisiblePad" in str(info.value)  # says how to fix it
+    with pytest.raises(ValueError, match="divisible by 16"):
+        SACBNet(spatial_dims=2)(*_pair((1, 1, 40, 32)))
+
+
+def test_moving_fixed_shape_mismatch():
+    net = SACBNet()
+    moving, _ = _pair((1, 1, 32, 32, 32))
+    _, fixed = _pair((1, 1, 32, 32, 48))
+    with pytest.raises(ValueError, match="same shape") as info:
+        net(moving, fixed)
+    assert "resample" in str(info.value).lower()
+    with pytest.raises(ValueError, match="same shape"):
+        net(moving, torch.cat([fixed[..., :32]] * 2))  # batch sizes differ
+
+
+@pytest.mark.parametrize("which", ["moving", "fixed"])
+def test_wrong_channel_count(which):
+    net = SACBNet(in_channels=1)
+    good = torch.rand(1, 1, 32, 32, 32)
+    bad = torch.rand(1, 2, 32, 32, 32)
+    args = (bad, good) if which == "moving" else (good, bad)
+    with pytest.raises(ValueError, match=which) as info:
+        net(*args)
+    assert "in_channels=1" in str(info.value) and "(B, 1, H, W, D)" in str(info.value)
+
+
+def test_wrong_ndim():
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W, D\)"):
+        SACBNet()(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        SACBNet(spatial_dims=2)(torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32))
+
+
+# ---------------------------------------------------------------------------------------------------- SACBNetDDF
+
+
+def test_ddf_variant_shares_checkpoints_and_output():
+    net = _net(num_clusters=3, in_channels=2)
+    single = SACBNetDDF(num_clusters=3, in_channels=2)
+    assert list(single.state_dict()) == list(net.state_dict())
+    single.load_state_dict(net.state_dict())  # strict
+    net_back = SACBNet(num_clusters=3, in_channels=2)
+    net_back.load_state_dict(single.state_dict())
+    moving, fixed = _pair((2, 2, 32, 48, 16), seed=7)
+    with torch.no_grad():
+        expected = net(moving, fixed)[1]
+        ddf = single(torch.cat([moving, fixed], dim=1))
+    assert ddf.shape == (2, 3, 32, 48, 16)
+    assert torch.equal(ddf, expected)
+
+
+def test_ddf_variant_bad_channel_count():
+    single = SACBNetDDF()
+    with pytest.raises(ValueError, match=r"\(B, 2, \*spatial\)"):
+        single(torch.rand(1, 1, 32, 32, 32))
+    with pytest.raises(ValueError):
+        single(torch.rand(1, 3, 32, 32, 32))
+    with pytest.raises(ValueError):
+        single(torch.rand(1, 2, 32, 32))
+
+
+def test_jit_trace_of_ddf_variant():
+    torch.manual_seed(8)
+    single = SACBNetDDF(num_clusters=3).eval()
+    moving, fixed = _pair((1, 1, 32, 48, 16), seed=8)
+    pair = torch.cat([moving, fixed], dim=1)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(single, pair, check_trace=False)
+        eager = single(pair)
+        out = traced(pair)
+        torch.testing.assert_close(out, eager)
+        # the trace is not specialised to the values of the example input
+        other = torch.cat(_pair((1, 1, 32, 48, 16), seed=9), dim=1)
+        traced_other = traced(other)
+        torch.testing.assert_close(traced_other, single(other))
+        assert not torch.allclose(traced_other, eager)
+
+
+# ------------------------------------------------------------------------------------------------- dtype, device
+
+
+@pytest.mark.parametrize("spatial_dims, spatial", [(3, (32, 32, 32)), (2, (64, 48))])
+def test_autocast_bfloat16(spatial_dims, spatial):
+    net = _net(spatial_dims=spatial_dims)
+    moving, fixed = _pair((2, 1, *spatial), seed=10)
+    with torch.no_grad():
+        _, ddf32 = net(moving, fixed)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            warped, ddf = net(moving, fixed)
+    assert ddf.dtype == torch.float32
+    assert ddf.shape == ddf32.shape and warped.shape == moving.shape
+    assert torch.isfinite(ddf).all() and torch.isfinite(warped).all()
+    # bfloat16 features can move a few k-means assignments; the field stays close on average
+    error = (ddf - ddf32).abs().mean()
+    assert error < 0.25 * ddf32.abs().mean(), (error, ddf32.abs().mean())
+    cosine = torch.nn.functional.cosine_similarity(ddf.flatten(), ddf32.flatten(), dim=0)
+    assert cosine > 0.9
+
+
+def test_float64_after_a_first_forward():
+    net = _net(num_clusters=3)
+    moving, fixed = _pair((1, 1, 32, 48, 16), seed=11)
+    with torch.no_grad():
+        _, ddf32 = net(moving, fixed)  # fills the Warp reference-grid caches in float32
+        net.to(torch.float64)
+        warped, ddf = net(moving.double(), fixed.double())
+    assert ddf.dtype == torch.float64 and warped.dtype == torch.float64
+    torch.testing.assert_close(ddf.float(), ddf32, rtol=1e-3, atol=1e-3)
+
+
+def test_new_sizes_after_a_first_forward():
+    net = _net(num_clusters=3)
+    with torch.no_grad():
+        net(*_pair((1, 1, 32, 48, 16)))
+        moving, fixed = _pair((2, 1, 32, 32, 32), seed=12)
+        warped, ddf = net(moving, fixed)
+        fresh = SACBNet(num_clusters=3)
+        fresh.load_state_dict(net.state_dict())
+        assert torch.equal(fresh(moving, fixed)[1], ddf)
+    assert ddf.shape == (2, 3, 32, 32, 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_moved_to_cuda_after_a_first_forward():
+    net = _net(num_clusters=3)
+    moving, fixed = _pair((1, 1, 32, 48, 16), seed=13)
+    with torch.no_grad():
+        _, ddf_cpu = net(moving, fixed)
+        net.cuda()
+        _, ddf = net(moving.cuda(), fixed.cuda())
+    assert ddf.device.type == "cuda"
+    assert (ddf.cpu() - ddf_cpu).abs().mean() < 0.05 * ddf_cpu.abs().mean()
