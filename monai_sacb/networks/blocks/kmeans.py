@@ -52,7 +52,8 @@ def batched_kmeans(
 
     Args:
         points: (B, N, C) feature vectors; computed in float32 whatever the input dtype (autocast-safe).
-        num_clusters: K, the number of clusters (K <= N).
+        num_clusters: K, the number of clusters. With fewer distinct points than K (tiny coarse levels, constant
+            regions), some centroids coincide and the extra clusters stay empty.
         num_iters: number of Lloyd iterations after initialisation.
         init_draws: (K,) uniform draws in [0, 1) for k-means++; defaults to ``kmeans_init_draws(K, seed=0)``.
         max_points: when N is larger, centroids are fitted on every ``ceil(N / max_points)``-th point (a fixed,
@@ -66,8 +67,8 @@ def batched_kmeans(
     if points.ndim != 3:
         raise ValueError(f"points must have shape (B, N, C), got {tuple(points.shape)}.")
     batch, num_points, _ = points.shape
-    if not 1 <= num_clusters <= num_points:
-        raise ValueError(f"num_clusters must be in [1, N={num_points}], got {num_clusters}.")
+    if num_clusters < 1:
+        raise ValueError(f"num_clusters must be >= 1, got {num_clusters}.")
     if num_iters < 0:
         raise ValueError(f"num_iters must be >= 0, got {num_iters}.")
     if init_draws is None:

@@ -20,7 +20,7 @@ def similarity_matching_flow(moving: torch.Tensor, fixed: torch.Tensor) -> torch
     product ``<fixed(p), moving(p + v)>`` over channels (zero outside the grid, no scaling or temperature);
     the flow is the softmax-weighted mean offset ``sum_v softmax(score)_v * v``.
     The 3^d shifted products are reduced over channels one offset at a time, so memory grows with 3^d x N,
-    never with 3^d x C x N as an unfolded window would. Computed in float32 (autocast-safe).
+    never with 3^d x C x N as an unfolded window would. Computed in at least float32 (autocast-safe).
 
     Args:
         moving: (B, C, *S) moving features, already warped by the current estimate.
@@ -35,7 +35,8 @@ def similarity_matching_flow(moving: torch.Tensor, fixed: torch.Tensor) -> torch
     spatial_shape = fixed.shape[2:]
     offsets = list(itertools.product((-1, 0, 1), repeat=spatial_dims))
     with torch.autocast(fixed.device.type, enabled=False):
-        fixed32, moving_pad = fixed.float(), F.pad(moving.float(), [1, 1] * spatial_dims)
+        dtype = torch.promote_types(fixed.dtype, torch.float32)
+        fixed32, moving_pad = fixed.to(dtype), F.pad(moving.to(dtype), [1, 1] * spatial_dims)
         scores = []
         for offset in offsets:
             window = (slice(None), slice(None)) + tuple(slice(1 + o, 1 + o + s) for o, s in zip(offset, spatial_shape))

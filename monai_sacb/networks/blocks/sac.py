@@ -94,6 +94,7 @@ class SACBlock(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         x = self.proj_in(inputs)
         assignments, centroids = self.cluster(x)
+        centroids = centroids.to(self.weight.dtype)  # k-means runs in float32; the MLPs follow the module
         gains = torch.sigmoid(self.kernel_mlp(centroids))  # (B, K, T)
         biases = self.bias_mlp(centroids)  # (B, K, C)
         out = cluster_adaptive_conv(x, self.weight, gains, assignments, biases)

@@ -160,7 +160,8 @@ class SACBNet(nn.Module):
         warp = self.feature_warps[0]
         fixed_feat, moving_feat = features[:batch], features[batch:]
         features = self.refine(torch.cat([fixed_feat, warp(moving_feat, flow.to(moving_feat.dtype))], dim=0))
-        increment = self.head(torch.cat([features[:batch], features[batch:]], dim=1)).float()
+        increment = self.head(torch.cat([features[:batch], features[batch:]], dim=1))
+        increment = increment.to(torch.promote_types(increment.dtype, torch.float32))
         ddf = (warp(flow, increment) + increment).contiguous()
         warped = self.image_warp(moving, ddf.to(moving.dtype))
         return warped, ddf
