@@ -1,0 +1,185 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""
+Datalists and transforms of the bundle, chosen by a data format name, so that switching data is a command-line
+override (``--data_format lpba40 --dataset_dir /data/LPBA40``), not an edit of the JSON.
+
+- ``"default"``: the embedded default dataset (:py:mod:`monai_sacb.data.default_dataset`, prepared on first use
+  into ``dataset_dir``, or the default cache folder when ``dataset_dir`` is empty): training items are copies of
+  the template that :py:class:`monai_sacb.transforms.RandSyntheticPaird` turns into a new random pair every
+  iteration; validation items are fixed seeded pairs.
+- ``"learn2reg"``, ``"folder"``, ``"json"``, ``"ixi"``, ``"lpba40"``: :py:func:`monai_sacb.data.make_datalist`,
+  read with :py:func:`monai_sacb.transforms.pair_preprocessing`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from monai.transforms import Compose, LoadImaged
+
+from monai_sacb.data import DATALIST_FORMATS, default_datalist, make_datalist
+from monai_sacb.transforms import RandSyntheticPaird, pair_preprocessing
+
+__all__ = [
+    "BUNDLE_DATA_FORMATS",
+    "DEFAULT_SPACING",
+    "check_data_format",
+    "bundle_datalist",
+    "bundle_transforms",
+    "inference_datalist",
+]
+
+BUNDLE_DATA_FORMATS = ("default",) + tuple(DATALIST_FORMATS)
+DEFAULT_SPACING = 2.0
+"""Voxel size (mm) of the embedded default dataset unless ``spacing`` says otherwise (80x96x80 voxels)."""
+
+
+def check_data_format(data_format: str) -> str:
+    """Lower-case ``data_format``; a ``ValueError`` listing the valid names when it is not one of them."""
+    name = str(data_format).lower()
+    if name not in BUNDLE_DATA_FORMATS:
+        raise ValueError(
+            f"unknown data format {data_format!r}; valid: {', '.join(BUNDLE_DATA_FORMATS)} "
+            "(e.g. --data_format lpba40 --dataset_dir /data/LPBA40)."
+        )
+    return name
+
+
+def bundle_datalist(
+    data_format: str = "default",
+    dataset_dir: str | os.PathLike | None = None,
+    section: str = "training",
+    num_samples: int = 32,
+    num_pairs: int | None = None,
+    spacing: float | Sequence[float] | None = None,
+    **kwargs: Any,
+) -> list[dict]:
+    """
+    Datalist of ``section`` (``"training"``, ``"validation"`` or ``"test"``) for a bundle config.
+
+    Args:
+        data_format: one of :data:`BUNDLE_DATA_FORMATS`.
+        dataset_dir: the data folder (or JSON file); for ``"default"``, the cache folder (empty: default cache).
+        section: which part of the data.
+        num_samples: ``"default"`` training only: items per epoch (one random pair each).
+        num_pairs: keep at most this many pairs (``None``: all); for ``"default"`` validation, the number of
+            seeded pairs prepared.
+        spacing: ``"default"`` only: voxel size of the prepared dataset (one number; default 2.0 mm).
+        kwargs: further arguments of :py:func:`monai_sacb.data.make_datalist` (e.g. ``pairing="atlas"``).
+
+    Raises:
+        ValueError: unknown format, missing ``dataset_dir``, or an empty datalist (the message says which).
+    """
+    fmt = check_data_format(data_format)
+    if fmt == "default":
+        folder = os.fspath(dataset_dir) if dataset_dir else None
+        voxel = float(spacing[0] if isinstance(spacing, Sequence) else spacing) if spacing else DEFAULT_SPACING
+        if section in ("test", "testing"):
+            section = "validation"
+        data = default_datalist(
+            section,
+            cache_dir=folder,
+            num_samples=int(num_samples),
+            num_validation_pairs=int(num_pairs) if num_pairs else 8,
+            spacing=voxel,
+            pair_kwargs=_synthetic_kwargs(voxel),
+        )
+    else:
+        data = make_datalist(format=fmt, dataset_dir=dataset_dir, section=section, **kwargs)
+        if num_pairs:
+            data = data[: int(num_pairs)]
+    if not data:
+        raise ValueError(
+            f"the {section!r} datalist of data format {fmt!r} in {dataset_dir!r} is empty; check --dataset_dir."
+        )
+    return data
+
+
+def _synthetic_kwargs(spacing: float) -> dict[str, Any]:
+    """Arguments of RandSyntheticPaird for the default data at ``spacing`` mm (deformations defined in mm)."""
+    if spacing == DEFAULT_SPACING:
+        return {}
+    factor = DEFAULT_SPACING / spacing
+    return {"max_displacement": (4.0 * factor, 7.0 * factor), "control_spacing": 16 * factor}
+
+
+def bundle_transforms(
+    data_format: str = "default",
+    section: str = "training",
+    spacing: float | Sequence[float] | None = None,
+    intensity: str | Sequence[float] | None = "percentile",
+    resample_to_fixed: bool = False,
+    labels: bool = True,
+) -> Compose:
+    """
+    Transforms that turn an item of :py:func:`bundle_datalist` into a pair ``{"moving_image", "fixed_image",
+    "moving_label", "fixed_label"}`` of float32 (1, *S) MetaTensors on one grid with S divisible by 16.
+
+    Args:
+        data_format: one of :data:`BUNDLE_DATA_FORMATS`.
+        section: ``"training"`` gives random synthetic pairs for ``"default"``; otherwise the same as validation.
+        spacing: output voxel size in mm for the other formats (None keeps the files' grid); for ``"default"``
+            the dataset is prepared at that spacing already (see :py:func:`bundle_datalist`).
+        intensity: intensity normalisation of :py:func:`monai_sacb.transforms.pair_preprocessing` for the other
+            formats; the default data is in [0, 1] already.
+        resample_to_fixed: resample the moving image onto the fixed grid (pairs from different grids).
+        labels: also read the label maps when the datalist has them.
+    """
+    fmt = check_data_format(data_format)
+    label_keys = ("moving_label", "fixed_label") if labels else None
+    if fmt != "default":
+        return pair_preprocessing(
+            label_keys=label_keys, spacing=spacing, intensity=intensity, resample_to_fixed=resample_to_fixed
+        )
+    voxel = float(spacing[0] if isinstance(spacing, Sequence) else spacing) if spacing else DEFAULT_SPACING
+    if section in ("training", "train"):
+        return Compose(
+            [
+                LoadImaged(["image", "label"], ensure_channel_first=True, image_only=True),
+                RandSyntheticPaird(**_synthetic_kwargs(voxel)),
+                pair_preprocessing(label_keys=label_keys, spacing=None, intensity=None, load=False),
+            ]
+        )
+    return pair_preprocessing(label_keys=label_keys, spacing=None, intensity=None)
+
+
+def inference_datalist(
+    moving_image: str | None = None,
+    fixed_image: str | None = None,
+    moving_label: str | None = None,
+    data_format: str = "default",
+    dataset_dir: str | os.PathLike | None = None,
+    section: str = "test",
+    num_pairs: int | None = None,
+    **kwargs: Any,
+) -> list[dict]:
+    """
+    Pairs to register at inference: the one pair given by ``moving_image`` and ``fixed_image`` (and optionally
+    ``moving_label``), else :py:func:`bundle_datalist` of ``section`` (for ``"default"``, the validation pairs).
+
+    Raises:
+        ValueError: only one of ``moving_image`` / ``fixed_image`` given.
+        FileNotFoundError: a given file does not exist.
+    """
+    if moving_image or fixed_image:
+        if not (moving_image and fixed_image):
+            raise ValueError("give both --moving_image and --fixed_image to register one pair.")
+        pair = {"moving_image": moving_image, "fixed_image": fixed_image}
+        if moving_label:
+            pair["moving_label"] = moving_label
+        for key, path in pair.items():
+            if not os.path.isfile(os.path.expanduser(os.fspath(path))):
+                raise FileNotFoundError(f"--{key}: file not found: {os.path.abspath(os.fspath(path))}")
+            pair[key] = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        return [pair]
+    fmt = check_data_format(data_format)
+    try:
+        return bundle_datalist(fmt, dataset_dir, section, num_pairs=num_pairs, **kwargs)
+    except ValueError as error:
+        if fmt == "default" or "section" not in str(error).lower():
+            raise
+        # data sets without a test section: fall back to the validation pairs
+        return bundle_datalist(fmt, dataset_dir, "validation", num_pairs=num_pairs, **kwargs)
