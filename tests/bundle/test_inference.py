@@ -1,0 +1,81 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+
+from monai_sacb.engines import bundle_datalist
+from tests.bundle.conftest import INFERENCE, SPACING, run_workflow
+
+
+def _outputs(folder):
+    return sorted(p.name for p in folder.glob("*.nii.gz"))
+
+
+def test_inference_defaults_write_pairs_in_fixed_geometry(trained_root, tiny_cache, tmp_path):
+    out = tmp_path / "out"
+    run_workflow(
+        INFERENCE,
+        "infer",
+        bundle_root=str(trained_root),
+        dataset_dir=str(tiny_cache),
+        spacing=SPACING,
+        num_pairs=2,
+        output_dir=str(out),
+        **{"network_def#kmeans_iters": 3},
+    )
+    pairs = bundle_datalist("default", tiny_cache, "validation", num_pairs=2, spacing=SPACING)
+    assert len(_outputs(out)) == 3 * len(pairs)
+    for pair in pairs:
+        fixed = nib.load(pair["fixed_image"])
+        stem = f"{_stem(pair['moving_image'])}_to_{_stem(pair['fixed_image'])}"
+        warped = nib.load(out / f"{stem}_warped.nii.gz")
+        label = nib.load(out / f"{stem}_warped_label.nii.gz")
+        ddf = nib.load(out / f"{stem}_ddf.nii.gz")
+        for image in (warped, label, ddf):
+            np.testing.assert_allclose(image.affine, fixed.affine, atol=1e-4)
+            assert image.shape[:3] == fixed.shape
+        assert ddf.shape[3:] in ((3,), (1, 3))
+        moving_labels = set(np.unique(np.asarray(nib.load(pair["moving_label"]).dataobj)).tolist())
+        assert set(np.unique(np.asarray(label.dataobj)).tolist()) <= moving_labels  # nearest: no new values
+
+
+def _stem(path):
+    return str(path).split("/")[-1].replace(".nii.gz", "")
+
+
+def test_inference_one_pair_from_command_line(trained_root, tmp_path):
+    """A pair of an odd size (padded to /16 for the network, cropped back) with a non-trivial affine."""
+    rng = np.random.default_rng(0)
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    affine[:3, 3] = [-20.0, 10.0, 5.0]
+    shape = (30, 28, 34)
+    paths = {}
+    for name in ("mov", "fix"):
+        image = np.zeros(shape, np.float32)
+        image[5:25, 6:22, 8:28] = rng.uniform(0.5, 1.0, size=(20, 16, 20))
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(image, affine), paths[name])
+    label = np.zeros(shape, np.int16)
+    label[5:15, 6:22, 8:28], label[15:25, 6:22, 8:28] = 1, 2
+    paths["label"] = str(tmp_path / "mov_seg.nii.gz")
+    nib.save(nib.Nifti1Image(label, affine), paths["label"])
+    out = tmp_path / "out"
+    run_workflow(
+        INFERENCE,
+        "infer",
+        bundle_root=str(trained_root),
+        moving_image=paths["mov"],
+        fixed_image=paths["fix"],
+        moving_label=paths["label"],
+        output_dir=str(out),
+        **{"network_def#kmeans_iters": 3},
+    )
+    assert _outputs(out) == ["mov_to_fix_ddf.nii.gz", "mov_to_fix_warped.nii.gz", "mov_to_fix_warped_label.nii.gz"]
+    for name in _outputs(out):
+        image = nib.load(out / name)
+        np.testing.assert_allclose(image.affine, affine, atol=1e-4)
+        assert image.shape[:3] == shape
+    assert set(np.unique(np.asarray(nib.load(out / "mov_to_fix_warped_label.nii.gz").dataobj))) <= {0, 1, 2}
