@@ -1,0 +1,45 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+
+from monai_sacb.engines import latest_checkpoint
+from tests.bundle.conftest import MULTI_GPU, TRAIN, tiny_overrides
+
+
+def test_multi_gpu_override_with_torchrun_gloo(tmp_path, tiny_cache):
+    """The Model Zoo multi-GPU override, run on CPU: torchrun with 2 processes, gloo backend, DDP, DistributedSampler."""
+    overrides = tiny_overrides(tmp_path, tiny_cache, max_epochs=1, num_samples=4)
+    args = []
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        f"['{TRAIN}','{MULTI_GPU}']",
+        *args,
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ckpt = latest_checkpoint(tmp_path / "models")
+    assert ckpt is not None and ckpt.endswith("checkpoint_epoch=1.pt")
+    state = torch.load(ckpt, weights_only=True)
+    # 4 samples over 2 processes: 2 iterations each; the saved network has no DDP "module." prefix
+    assert state["trainer"]["iteration"] == 2
+    assert not any(k.startswith("module.") for k in state["model"])
+    assert (tmp_path / "models" / "model.pt").is_file()
