@@ -15,7 +15,8 @@ import torch
 from monai_sacb.networks import SACBNetDDF
 from tests.bundle.conftest import INFERENCE, META
 
-SCHEMA = Path("/work/shared/monai/meta_schema_20240725.json")
+# the project's reference material sits beside the repository (../shared); user clones do not have it
+SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "monai" / "meta_schema_20240725.json"
 SHAPE = [1, 2, 32, 32, 32]
 
 
