@@ -13,19 +13,17 @@ __all__ = ["conv_norm_act", "PyramidEncoder"]
 
 
 def conv_norm_act(spatial_dims: int, in_channels: int, out_channels: int, negative_slope: float = 0.1) -> Convolution:
-    """
-    3x3(x3) convolution (stride 1, padding 1, bias) -> InstanceNorm (no affine) -> LeakyReLU.
-
-    The instance normalisation is written as GroupNorm with one channel per group, which is the same function
-    (per sample and channel, no affine parameters) but has a fast channels-last kernel on CPU.
-    """
+    """3x3(x3) convolution (stride 1, padding 1, bias) -> InstanceNorm (no affine) -> LeakyReLU."""
+    # GroupNorm with one channel per group is the same function and twice as fast on channels-last CPU tensors,
+    # but its float32 statistics are not accurate enough here: in a trained network the ddf moved by up to
+    # 0.5 voxel against a float64 run (InstanceNorm: 0.05), because k-means assignments amplify small errors.
     return Convolution(
         spatial_dims,
         in_channels,
         out_channels,
         kernel_size=3,
         act=("leakyrelu", {"negative_slope": negative_slope, "inplace": True}),
-        norm=("group", {"num_groups": out_channels, "affine": False}),
+        norm="instance",
         bias=True,
     )
 

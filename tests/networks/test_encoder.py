@@ -1,0 +1,49 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from monai_sacb.networks.blocks import PyramidEncoder, conv_norm_act
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+def test_conv_norm_act_float32_matches_float64_on_offset_features(memory_format):
+    """Features whose mean is several standard deviations from zero (as after LeakyReLU) must still be
+    normalised accurately in float32: a one-pass variance loses ~1e-3 here, which k-means then amplifies."""
+    torch.manual_seed(0)
+    block = conv_norm_act(3, 8, 8).to(memory_format=memory_format)
+    with torch.no_grad():
+        block[0].bias.fill_(3.0)  # a large per-channel offset before the normalisation
+    x = (torch.rand(2, 8, 24, 20, 28) + 2.0).contiguous(memory_format=memory_format)
+    with torch.no_grad():
+        out32 = block(x)
+        out64 = copy.deepcopy(block).double()(x.double())
+    torch.testing.assert_close(out32.double(), out64, rtol=0, atol=2e-5)
+
+
+def test_conv_norm_act_normalises_each_sample_and_channel():
+    torch.manual_seed(1)
+    block = conv_norm_act(3, 2, 4, negative_slope=1.0)  # slope 1: the activation is the identity
+    with torch.no_grad():
+        out = block(torch.randn(3, 2, 8, 8, 8) * 5 + 7)
+    flat = out.flatten(2)
+    torch.testing.assert_close(flat.mean(-1), torch.zeros(3, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(flat.var(-1, unbiased=False), torch.ones(3, 4), atol=1e-3, rtol=0)
+
+
+def test_pyramid_encoder_shapes_and_widths():
+    encoder = PyramidEncoder(spatial_dims=2, in_channels=1)
+    with torch.no_grad():
+        features = encoder(torch.rand(2, 1, 32, 48))
+    assert [tuple(f.shape) for f in features] == [
+        (2, 8, 32, 48),
+        (2, 16, 16, 24),
+        (2, 32, 8, 12),
+        (2, 64, 4, 6),
+        (2, 64, 2, 3),
+    ]
