@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from .ddf_metric import DDFCumulativeMetric
 from .folding import FoldingMetric, percent_folding
 from .jacobian import jacobian_determinant
 from .label_metrics import (
@@ -19,6 +20,7 @@ from .label_metrics import (
 from .sd_log_jacobian import SDLogJacobianMetric, sd_log_jacobian
 
 __all__ = [
+    "DDFCumulativeMetric",
     "FoldingMetric",
     "LabelDiceMetric",
     "LabelHausdorffDistanceMetric",

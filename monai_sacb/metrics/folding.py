@@ -10,10 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai.metrics import CumulativeIterationMetric
-from monai.metrics.utils import do_metric_reduction
-from monai.utils import MetricReduction
 
+from .ddf_metric import DDFCumulativeMetric
 from .jacobian import jacobian_determinant
 from .utils import SpacingLike, evaluation_region
 
@@ -49,7 +47,7 @@ def percent_folding(
     return 100.0 * folded.to(det.dtype) / total.to(det.dtype)
 
 
-class FoldingMetric(CumulativeIterationMetric):
+class FoldingMetric(DDFCumulativeMetric):
     """
     Percentage of folded voxels (``det J <= 0``) of a displacement field, accumulated over iterations.
     See :py:func:`percent_folding`.
@@ -78,19 +76,6 @@ class FoldingMetric(CumulativeIterationMetric):
         get_not_nans: whether ``aggregate()`` also returns the count of not-NaN values, ``(metric, not_nans)``.
     """
 
-    def __init__(
-        self,
-        spacing: SpacingLike | None = None,
-        border: int = 0,
-        reduction: MetricReduction | str = MetricReduction.MEAN,
-        get_not_nans: bool = False,
-    ) -> None:
-        super().__init__()
-        self.spacing = spacing
-        self.border = border
-        self.reduction = reduction
-        self.get_not_nans = get_not_nans
-
     def _compute_tensor(  # type: ignore[override]
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor:
@@ -105,18 +90,3 @@ class FoldingMetric(CumulativeIterationMetric):
         """
         spacing = kwargs.get("spacing", self.spacing)
         return percent_folding(y_pred, mask=y, spacing=spacing, border=self.border).unsqueeze(1)
-
-    def aggregate(
-        self, reduction: MetricReduction | str | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """
-        Reduce the buffered (N, 1) percentages.
-
-        Args:
-            reduction: overrides ``self.reduction`` for this call.
-        """
-        data = self.get_buffer()
-        if not isinstance(data, torch.Tensor):
-            raise ValueError(f"the data to aggregate must be a PyTorch Tensor, got {type(data)}.")
-        f, not_nans = do_metric_reduction(data, reduction or self.reduction)
-        return (f, not_nans) if self.get_not_nans else f

@@ -10,10 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai.metrics import CumulativeIterationMetric
-from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 
+from .ddf_metric import DDFCumulativeMetric
 from .jacobian import jacobian_determinant
 from .utils import SpacingLike, evaluation_region
 
@@ -61,7 +60,7 @@ def sd_log_jacobian(
     return var.sqrt().to(det.dtype)
 
 
-class SDLogJacobianMetric(CumulativeIterationMetric):
+class SDLogJacobianMetric(DDFCumulativeMetric):
     """
     Standard deviation of the log Jacobian determinant of a displacement field, accumulated over iterations.
     See :py:func:`sd_log_jacobian` for the conventions (clipping floor, population std, border, mask).
@@ -88,12 +87,8 @@ class SDLogJacobianMetric(CumulativeIterationMetric):
         reduction: MetricReduction | str = MetricReduction.MEAN,
         get_not_nans: bool = False,
     ) -> None:
-        super().__init__()
-        self.spacing = spacing
-        self.border = border
+        super().__init__(spacing=spacing, border=border, reduction=reduction, get_not_nans=get_not_nans)
         self.eps = eps
-        self.reduction = reduction
-        self.get_not_nans = get_not_nans
 
     def _compute_tensor(  # type: ignore[override]
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
@@ -109,18 +104,3 @@ class SDLogJacobianMetric(CumulativeIterationMetric):
         """
         spacing = kwargs.get("spacing", self.spacing)
         return sd_log_jacobian(y_pred, mask=y, spacing=spacing, border=self.border, eps=self.eps).unsqueeze(1)
-
-    def aggregate(
-        self, reduction: MetricReduction | str | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """
-        Reduce the buffered (N, 1) values.
-
-        Args:
-            reduction: overrides ``self.reduction`` for this call.
-        """
-        data = self.get_buffer()
-        if not isinstance(data, torch.Tensor):
-            raise ValueError(f"the data to aggregate must be a PyTorch Tensor, got {type(data)}.")
-        f, not_nans = do_metric_reduction(data, reduction or self.reduction)
-        return (f, not_nans) if self.get_not_nans else f

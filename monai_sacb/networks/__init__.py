@@ -1,5 +1,16 @@
 # Copyright (c) monai-sacb contributors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 
-from .blocks import *  # noqa: F401,F403
+from .blocks import (
+    KMeans,
+    PyramidEncoder,
+    SACBlock,
+    SimilarityMatching,
+    batched_kmeans,
+    cluster_adaptive_conv,
+    conv_norm_act,
+    kmeans_init_draws,
+    local_mean,
+    similarity_matching_flow,
+)
 from .nets import SACBNet, SACBNetDDF
