@@ -2,6 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 
 from .blocks import (
+    InstanceNormLeakyReLU,
     KMeans,
     PyramidEncoder,
     SACBlock,
@@ -9,6 +10,7 @@ from .blocks import (
     batched_kmeans,
     cluster_adaptive_conv,
     conv_norm_act,
+    instance_norm_leaky_relu,
     kmeans_init_draws,
     local_mean,
     similarity_matching_flow,

@@ -261,11 +261,13 @@ def test_jit_trace_of_ddf_variant():
         traced = torch.jit.trace(single, pair, check_trace=False)
         eager = single(pair)
         out = traced(pair)
-        torch.testing.assert_close(out, eager)
+        # the trace records PyTorch's own instance_norm and convolution instead of the fused in-place norm and
+        # oneDNN calls of eager CPU mode: the same function, equal up to float32 rounding
+        torch.testing.assert_close(out, eager, rtol=0, atol=1e-3)
         # the trace is not specialised to the values of the example input
         other = torch.cat(_pair((1, 1, 32, 48, 16), seed=9), dim=1)
         traced_other = traced(other)
-        torch.testing.assert_close(traced_other, single(other))
+        torch.testing.assert_close(traced_other, single(other), rtol=0, atol=1e-3)
         assert not torch.allclose(traced_other, eager)
 
 

@@ -4,5 +4,6 @@
 from .adaptive_conv import cluster_adaptive_conv
 from .encoder import PyramidEncoder, conv_norm_act
 from .kmeans import KMeans, batched_kmeans, kmeans_init_draws
+from .norm_act import InstanceNormLeakyReLU, instance_norm_leaky_relu
 from .matching import SimilarityMatching, similarity_matching_flow
 from .sac import SACBlock, local_mean

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import torch
-from monai.networks.blocks import Warp
 from torch import nn
 from torch.nn import functional as F
 
 from monai_sacb.networks.blocks.encoder import PyramidEncoder, conv_norm_act
 from monai_sacb.networks.blocks.matching import similarity_matching_flow
 from monai_sacb.networks.blocks.sac import SACBlock
+from monai_sacb.networks.blocks.warp import warp_with_ddf
 
 __all__ = ["SACBNet", "SACBNetDDF"]
 
@@ -87,9 +87,7 @@ class SACBNet(nn.Module):
             conv_norm_act(spatial_dims, widths[0], widths[0]),
             conv(widths[0], spatial_dims, kernel_size=3, padding=1),
         )
-        # one Warp per level, so that each keeps its reference grid cached
-        self.feature_warps = nn.ModuleList(Warp(mode="bilinear", padding_mode="zeros") for _ in range(NUM_LEVELS))
-        self.image_warp = Warp(mode="bilinear", padding_mode=warp_padding_mode)
+        self.warp_padding_mode = warp_padding_mode
         # channels-last kernels are markedly faster for these narrow convolutions; a channels-last weight makes
         # every convolution keep that layout, even after a one-channel input
         self.to(memory_format=self._memory_format)
@@ -97,12 +95,6 @@ class SACBNet(nn.Module):
     @property
     def _memory_format(self) -> torch.memory_format:
         return torch.channels_last_3d if self.spatial_dims == 3 else torch.channels_last
-
-    def _apply(self, fn, recurse=True):
-        # Warp caches its reference grid as a plain attribute: drop it when the module changes device or dtype.
-        for warp in (*self.feature_warps, self.image_warp):
-            warp.ref_grid = None
-        return super()._apply(fn, recurse)
 
     def _check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
         expected = f"(B, {self.in_channels}, " + ", ".join("HWD"[: self.spatial_dims]) + ")"
@@ -129,6 +121,13 @@ class SACBNet(nn.Module):
         mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
         return F.interpolate(2 * flow, scale_factor=2, mode=mode, align_corners=True)
 
+    def _with_warped_moving(self, features: torch.Tensor, flow: torch.Tensor, batch: int) -> torch.Tensor:
+        """[fixed; moving] features (2B, C, *S) -> [fixed; moving warped by flow], channels-last like the input."""
+        fixed_features, moving_features = features[:batch], features[batch:]
+        warped = warp_with_ddf(moving_features, flow.to(moving_features.dtype))  # zero padding, as in the paper
+        # grid_sample returns a contiguous tensor; the convolutions that follow are faster on channels-last input
+        return torch.cat([fixed_features, warped.contiguous(memory_format=self._memory_format)], dim=0)
+
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -147,23 +146,19 @@ class SACBNet(nn.Module):
         flow = None
         for level in range(NUM_LEVELS - 1, 0, -1):  # 0-based levels 4..1, i.e. the paper's levels 5..2
             features = pyramid[level]
-            warp = self.feature_warps[level]
             if flow is not None:
-                fixed_feat, moving_feat = features[:batch], features[batch:]
-                features = torch.cat([fixed_feat, warp(moving_feat, flow.to(moving_feat.dtype))], dim=0)
+                features = self._with_warped_moving(features, flow, batch)
             features = self.sac_blocks[level - 1](features)
             increment = similarity_matching_flow(features[batch:], features[:batch])
-            flow = increment if flow is None else warp(flow, increment) + increment
+            # composition: flow_new(p) = increment(p) + flow(p + increment(p))
+            flow = increment if flow is None else warp_with_ddf(flow, increment).add_(increment)
             flow = self._upsample(flow)
 
-        features = pyramid[0]
-        warp = self.feature_warps[0]
-        fixed_feat, moving_feat = features[:batch], features[batch:]
-        features = self.refine(torch.cat([fixed_feat, warp(moving_feat, flow.to(moving_feat.dtype))], dim=0))
+        features = self.refine(self._with_warped_moving(pyramid[0], flow, batch))
         increment = self.head(torch.cat([features[:batch], features[batch:]], dim=1))
         increment = increment.to(torch.promote_types(increment.dtype, torch.float32))
-        ddf = (warp(flow, increment) + increment).contiguous()
-        warped = self.image_warp(moving, ddf.to(moving.dtype))
+        ddf = warp_with_ddf(flow, increment).add_(increment)
+        warped = warp_with_ddf(moving, ddf.to(moving.dtype), padding_mode=self.warp_padding_mode)
         return warped, ddf
 
 

@@ -1,0 +1,43 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+__all__ = ["warp_with_ddf"]
+
+
+def warp_with_ddf(image: torch.Tensor, ddf: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+    """
+    Backward warping with a dense displacement field: ``out(p) = image(p + ddf(p))``, (bi/tri)linear
+    interpolation with ``align_corners=True``. The same function as
+    ``monai.networks.blocks.Warp(mode="bilinear", padding_mode=padding_mode)(image, ddf)``, with the same
+    coordinate arithmetic, but one allocation for the sampling grid instead of several (on CPU, fresh memory
+    costs more than these element-wise passes) and no cached reference grid to keep on the right device.
+
+    Args:
+        image: (B, C, *S) tensor, 2 or 3 spatial dimensions, any memory format.
+        ddf: (B, spatial_dims, *S) displacement in voxels, channel i along spatial axis i.
+        padding_mode: ``grid_sample`` padding outside the image: "zeros", "border" or "reflection".
+
+    Returns:
+        (B, C, *S) warped image (contiguous).
+    """
+    spatial_dims = image.ndim - 2
+    spatial_shape = tuple(image.shape[2:])
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"image must be (B, C, H, W) or (B, C, H, W, D), got shape {tuple(image.shape)}.")
+    expected = (image.shape[0], spatial_dims, *spatial_shape)
+    if tuple(ddf.shape) != expected:
+        raise ValueError(f"ddf must be {expected} for an image of shape {tuple(image.shape)}, got {tuple(ddf.shape)}.")
+    # grid_sample wants (B, *S, spatial_dims) with the last spatial axis first
+    grid = torch.stack([ddf[:, axis] for axis in reversed(range(spatial_dims))], dim=-1)
+    for axis, size in enumerate(spatial_shape):
+        position = torch.arange(size, dtype=grid.dtype, device=grid.device)
+        grid[..., spatial_dims - 1 - axis].add_(position.view([size if a == axis else 1 for a in range(spatial_dims)]))
+    # (position + ddf) * 2 / (size - 1) - 1, in this order, as monai.networks.blocks.Warp computes it
+    sizes = [max(size - 1, 1) for size in reversed(spatial_shape)]
+    grid.mul_(2).div_(torch.tensor(sizes, dtype=grid.dtype, device=grid.device)).sub_(1)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
