@@ -5,6 +5,8 @@ from .blocks import (
     InstanceNormLeakyReLU,
     KMeans,
     PyramidEncoder,
+    SameConv2d,
+    SameConv3d,
     SACBlock,
     SimilarityMatching,
     batched_kmeans,
@@ -13,6 +15,7 @@ from .blocks import (
     instance_norm_leaky_relu,
     kmeans_init_draws,
     local_mean,
+    same_conv,
     similarity_matching_flow,
 )
 from .nets import SACBNet, SACBNetDDF

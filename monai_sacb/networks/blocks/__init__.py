@@ -2,6 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 
 from .adaptive_conv import cluster_adaptive_conv
+from .conv import SameConv2d, SameConv3d, same_conv
 from .encoder import PyramidEncoder, conv_norm_act
 from .kmeans import KMeans, batched_kmeans, kmeans_init_draws
 from .norm_act import InstanceNormLeakyReLU, instance_norm_leaky_relu

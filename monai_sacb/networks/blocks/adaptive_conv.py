@@ -4,30 +4,10 @@
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
-from monai_sacb.networks.utils import is_exporting
+from monai_sacb.networks.blocks.conv import same_conv
 
 __all__ = ["cluster_adaptive_conv"]
-
-
-def _same_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """3x3(x3) convolution, stride 1, zero padding 1, of a one-sample batch."""
-    spatial_dims = x.ndim - 2
-    if (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-        and not torch.is_autocast_enabled("cpu")
-        and not is_exporting()
-    ):
-        # PyTorch's heuristic sends a batch of one with C * D * H <= 20480 (the coarse levels here) to its
-        # native kernel, 2-3x slower than oneDNN for these shapes; oneDNN's op has its own autograd formula
-        ones = [1] * spatial_dims
-        return torch.ops.aten.mkldnn_convolution(x, weight, bias, ones, ones, ones, 1)
-    conv = F.conv3d if spatial_dims == 3 else F.conv2d
-    return conv(x, weight, bias, padding=1)
 
 
 def cluster_adaptive_conv(
@@ -84,7 +64,7 @@ def cluster_adaptive_conv(
     row_offsets = torch.arange(num_voxels, device=x.device) * num_clusters
     selected = []
     for b in range(batch):
-        stacked = _same_conv(
+        stacked = same_conv(
             x[b : b + 1].contiguous(memory_format=layout),
             kernels[b].contiguous(memory_format=layout),
             None if bias is None else bias[b].reshape(-1),

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from monai_sacb.networks.blocks.conv import SameConv2d, SameConv3d
 from monai_sacb.networks.blocks.norm_act import InstanceNormLeakyReLU
 
 __all__ = ["conv_norm_act", "PyramidEncoder"]
@@ -24,7 +25,7 @@ def conv_norm_act(spatial_dims: int, in_channels: int, out_channels: int, negati
     layers, and PyTorch's faster channels-last GroupNorm is not accurate enough here (k-means amplifies
     its ~1e-3 float32 error into 0.5-voxel ddf differences in a trained network).
     """
-    conv = (nn.Conv3d if spatial_dims == 3 else nn.Conv2d)(in_channels, out_channels, kernel_size=3, padding=1)
+    conv = (SameConv3d if spatial_dims == 3 else SameConv2d)(in_channels, out_channels)
     return nn.Sequential(OrderedDict(conv=conv, adn=InstanceNormLeakyReLU(negative_slope, inplace=True)))
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from monai_sacb.networks.blocks.conv import SameConv2d, SameConv3d
 from monai_sacb.networks.blocks.encoder import PyramidEncoder, conv_norm_act
 from monai_sacb.networks.blocks.matching import similarity_matching_flow
 from monai_sacb.networks.blocks.sac import SACBlock
@@ -81,11 +82,11 @@ class SACBNet(nn.Module):
         self.refine = nn.Sequential(
             conv_norm_act(spatial_dims, widths[0], widths[0]), conv_norm_act(spatial_dims, widths[0], widths[0])
         )
-        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        conv = SameConv3d if spatial_dims == 3 else SameConv2d
         self.head = nn.Sequential(
             conv_norm_act(spatial_dims, 2 * widths[0], widths[0]),
             conv_norm_act(spatial_dims, widths[0], widths[0]),
-            conv(widths[0], spatial_dims, kernel_size=3, padding=1),
+            conv(widths[0], spatial_dims),
         )
         self.warp_padding_mode = warp_padding_mode
         # channels-last kernels are markedly faster for these narrow convolutions; a channels-last weight makes
