@@ -126,6 +126,11 @@ class SACBNet(nn.Module):
         """[fixed; moving] features (2B, C, *S) -> [fixed; moving warped by flow], channels-last like the input."""
         fixed_features, moving_features = features[:batch], features[batch:]
         warped = warp_with_ddf(moving_features, flow.to(moving_features.dtype))  # zero padding, as in the paper
+        if not torch.is_grad_enabled():
+            # inference: nothing else reads the encoder's moving features, so overwrite them instead of
+            # allocating a concatenation (fresh memory is what costs most on CPU)
+            moving_features.copy_(warped)
+            return features
         # grid_sample returns a contiguous tensor; the convolutions that follow are faster on channels-last input
         return torch.cat([fixed_features, warped.contiguous(memory_format=self._memory_format)], dim=0)
 
