@@ -37,11 +37,18 @@ def similarity_matching_flow(moving: torch.Tensor, fixed: torch.Tensor) -> torch
     with torch.autocast(fixed.device.type, enabled=False):
         dtype = torch.promote_types(fixed.dtype, torch.float32)
         fixed32, moving_pad = fixed.to(dtype), F.pad(moving.to(dtype), [1, 1] * spatial_dims)
-        scores = []
-        for offset in offsets:
-            window = (slice(None), slice(None)) + tuple(slice(1 + o, 1 + o + s) for o, s in zip(offset, spatial_shape))
-            scores.append((fixed32 * moving_pad[window]).sum(1))
-        prob = torch.softmax(torch.stack(scores, dim=1), dim=1)  # (B, 3^d, *S)
+        windows = [
+            (slice(None), slice(None)) + tuple(slice(1 + o, 1 + o + s) for o, s in zip(offset, spatial_shape))
+            for offset in offsets
+        ]
+        if torch.is_grad_enabled() and (fixed.requires_grad or moving.requires_grad):
+            scores = torch.stack([(fixed32 * moving_pad[window]).sum(1) for window in windows], dim=1)
+        else:  # the same sums, reusing one product buffer (fresh memory is slow on CPU)
+            scores = fixed32.new_empty((fixed.shape[0], len(offsets), *spatial_shape))
+            product = torch.empty_like(fixed32)
+            for index, window in enumerate(windows):
+                torch.sum(torch.mul(fixed32, moving_pad[window], out=product), 1, out=scores[:, index])
+        prob = torch.softmax(scores, dim=1)  # (B, 3^d, *S)
         vectors = torch.tensor(offsets, dtype=prob.dtype, device=prob.device)  # (3^d, d)
         return torch.einsum("bt...,td->bd...", prob, vectors)
 

@@ -19,15 +19,19 @@ __all__ = ["SACBlock", "local_mean"]
 def local_mean(x: torch.Tensor) -> torch.Tensor:
     """
     Mean of each channel over every voxel's 3x3(x3) neighbourhood, zero padded, divisor 27 (9 in 2D): the same
-    as ``avg_pool(x, 3, stride=1, padding=1, count_include_pad=True)``, as a separable sum (several times faster
-    on CPU, and defined on grids smaller than the window). (B, C, *S) -> (B, C, *S).
+    as ``avg_pool(x, 3, stride=1, padding=1, count_include_pad=True)``, as a separable sum of shifted slices
+    (several times faster on CPU: one new tensor per axis and in-place additions; no padded copy; defined on
+    grids smaller than the window). (B, C, *S) -> (B, C, *S).
     """
     spatial_dims = x.ndim - 2
-    total = F.pad(x, [1, 1] * spatial_dims)
+    total = x
     for axis in range(2, x.ndim):
-        size = total.shape[axis] - 2
-        total = total.narrow(axis, 0, size) + total.narrow(axis, 1, size) + total.narrow(axis, 2, size)
-    return total / 3**spatial_dims
+        size = x.shape[axis]
+        previous, total = total, total.clone()
+        if size > 1:
+            total.narrow(axis, 1, size - 1).add_(previous.narrow(axis, 0, size - 1))
+            total.narrow(axis, 0, size - 1).add_(previous.narrow(axis, 1, size - 1))
+    return total.div_(3**spatial_dims)
 
 
 def _mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
