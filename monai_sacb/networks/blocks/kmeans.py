@@ -28,6 +28,13 @@ def _squared_distances(points: torch.Tensor, sq_norms: torch.Tensor, centroids: 
     return dist + centroids.pow(2).sum(-1).unsqueeze(1)
 
 
+def _nearest_centroid(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) points, (B, K, C) centroids -> (B, N) index of the nearest centroid (ties: lowest index).
+    ``|c|^2 - 2 <x, c>`` orders the centroids like the squared distance, without the points' norms."""
+    scores = torch.baddbmm(centroids.pow(2).sum(-1).unsqueeze(1), points, centroids.transpose(1, 2), alpha=-2)
+    return scores.argmin(-1)
+
+
 def _gather_points(points: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(B, N, C) points, (B,) index -> (B, C): the indexed point of each sample."""
     return torch.gather(points, 1, index.reshape(-1, 1, 1).expand(-1, 1, points.shape[-1])).squeeze(1)
@@ -103,15 +110,13 @@ def batched_kmeans(
         centres = torch.stack(centroids, dim=1)
 
         for _ in range(num_iters):
-            assignments = _squared_distances(x, sq_norms, centres).argmin(-1)
+            assignments = _nearest_centroid(x, centres)
             one_hot = F.one_hot(assignments, num_clusters).float()  # (B, N, K)
             counts = one_hot.sum(1).unsqueeze(-1)  # (B, K, 1)
             # a matrix product instead of scatter_add keeps the update deterministic on CUDA
             sums = torch.bmm(one_hot.transpose(1, 2), x)
             centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
-        if stride > 1:
-            x, sq_norms = all_points, all_points.pow(2).sum(-1, keepdim=True)
-        assignments = _squared_distances(x, sq_norms, centres).argmin(-1)
+        assignments = _nearest_centroid(all_points, centres)
     return assignments, centres
 
 

@@ -102,4 +102,4 @@ class SACBlock(nn.Module):
         gains = torch.sigmoid(self.kernel_mlp(centroids))  # (B, K, T)
         biases = self.bias_mlp(centroids)  # (B, K, C)
         out = cluster_adaptive_conv(x, self.weight, gains, assignments, biases)
-        return inputs + F.leaky_relu(out, self.negative_slope)
+        return inputs + F.leaky_relu_(out, self.negative_slope)  # out is this block's own fresh tensor
