@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import monai_sacb.networks.blocks.adaptive_conv as adaptive_conv_module
 from monai_sacb.networks import cluster_adaptive_conv
 
 # (spatial shape, C_in, C_out, clusters) of the equality cases; C_in != C_out, batch 2
@@ -43,14 +44,21 @@ def make_inputs(spatial_dims, seed=0, dtype=torch.float64):
     return x, weight, gains, assignments
 
 
+@pytest.fixture(params=["patches", "stacked"])
+def method(request, monkeypatch):
+    """Both formulations; "patches" with one plane per slab, so that the tiny test grids span several slabs."""
+    monkeypatch.setattr(adaptive_conv_module, "_PATCH_BYTES", 1)
+    return request.param
+
+
 def channels_last(x):
     return x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_forward_equals_reference(spatial_dims):
+def test_forward_equals_reference(spatial_dims, method):
     x, weight, gains, assignments = make_inputs(spatial_dims)
-    out = cluster_adaptive_conv(x, weight, gains, assignments)
+    out = cluster_adaptive_conv(x, weight, gains, assignments, method=method)
     assert out.shape == (2, weight.shape[0], *x.shape[2:])
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, reference_adaptive_conv(x, weight, gains, assignments), rtol=1e-10, atol=1e-10)
@@ -58,14 +66,14 @@ def test_forward_equals_reference(spatial_dims):
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_gradients_equal_reference(spatial_dims, layout):
+def test_gradients_equal_reference(spatial_dims, layout, method):
     x, weight, gains, assignments = make_inputs(spatial_dims, seed=1)
     if layout == "channels_last":
         x = channels_last(x)
     x.requires_grad_(True)
     weight.requires_grad_(True)
     gains.requires_grad_(True)
-    out = cluster_adaptive_conv(x, weight, gains, assignments)
+    out = cluster_adaptive_conv(x, weight, gains, assignments, method=method)
     expected = reference_adaptive_conv(x, weight, gains, assignments)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
@@ -78,14 +86,14 @@ def test_gradients_equal_reference(spatial_dims, layout):
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_per_cluster_bias_forward_and_gradients(spatial_dims):
+def test_per_cluster_bias_forward_and_gradients(spatial_dims, method):
     x, weight, gains, assignments = make_inputs(spatial_dims, seed=8)
     generator = torch.Generator().manual_seed(8)
     bias = torch.randn(2, gains.shape[1], weight.shape[0], generator=generator, dtype=x.dtype)
     with torch.no_grad():
-        plain = cluster_adaptive_conv(x, weight, gains, assignments, bias)
+        plain = cluster_adaptive_conv(x, weight, gains, assignments, bias, method=method)
     tensors = [t.clone().requires_grad_(True) for t in (x, weight, gains, bias)]
-    out = cluster_adaptive_conv(tensors[0], tensors[1], tensors[2], assignments, tensors[3])
+    out = cluster_adaptive_conv(tensors[0], tensors[1], tensors[2], assignments, tensors[3], method=method)
     expected = reference_adaptive_conv(tensors[0], tensors[1], tensors[2], assignments, tensors[3])
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(plain, expected.detach(), rtol=1e-10, atol=1e-10)
@@ -99,13 +107,13 @@ def test_per_cluster_bias_forward_and_gradients(spatial_dims):
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_gradient_for_a_subset_of_inputs(spatial_dims):
+def test_gradient_for_a_subset_of_inputs(spatial_dims, method):
     # only the gains need a gradient (e.g. frozen conv weight and input), then only the weight
     x, weight, gains, assignments = make_inputs(spatial_dims, seed=2)
     for wanted in ("gains", "weight", "x"):
         tensors = {"x": x.clone(), "weight": weight.clone(), "gains": gains.clone()}
         tensors[wanted].requires_grad_(True)
-        out = cluster_adaptive_conv(tensors["x"], tensors["weight"], tensors["gains"], assignments)
+        out = cluster_adaptive_conv(tensors["x"], tensors["weight"], tensors["gains"], assignments, method=method)
         (grad,) = torch.autograd.grad(out.square().sum(), tensors[wanted])
         expected = reference_adaptive_conv(tensors["x"], tensors["weight"], tensors["gains"], assignments)
         (ref,) = torch.autograd.grad(expected.square().sum(), tensors[wanted])
@@ -113,7 +121,7 @@ def test_gradient_for_a_subset_of_inputs(spatial_dims):
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_gradcheck_tiny(spatial_dims):
+def test_gradcheck_tiny(spatial_dims, method):
     generator = torch.Generator().manual_seed(3)
     shape = (3, 4) if spatial_dims == 2 else (3, 2, 2)
     c_in, c_out, clusters = (2, 3, 2) if spatial_dims == 2 else (1, 2, 2)
@@ -124,41 +132,48 @@ def test_gradcheck_tiny(spatial_dims):
     assignments = torch.tensor([[n % clusters for n in range(torch.Size(shape).numel())]])
     bias = torch.randn(1, clusters, c_out, generator=generator, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda a, w, g: cluster_adaptive_conv(a, w, g, assignments), (x, weight, gains), eps=1e-6, atol=1e-6
+        lambda a, w, g: cluster_adaptive_conv(a, w, g, assignments, method=method),
+        (x, weight, gains),
+        eps=1e-6,
+        atol=1e-6,
     )
     assert torch.autograd.gradcheck(
-        lambda a, w, g, c: cluster_adaptive_conv(a, w, g, assignments, c), (x, weight, gains, bias), eps=1e-6, atol=1e-6
+        lambda a, w, g, c: cluster_adaptive_conv(a, w, g, assignments, c, method=method),
+        (x, weight, gains, bias),
+        eps=1e-6,
+        atol=1e-6,
     )
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_no_grad_path_equals_reference(spatial_dims, layout):
+def test_no_grad_path_equals_reference(spatial_dims, layout, method):
     x, weight, gains, assignments = make_inputs(spatial_dims, seed=4)
     if layout == "channels_last":
         x = channels_last(x)
     expected = reference_adaptive_conv(x, weight, gains, assignments)
     # nothing requires grad
-    plain = cluster_adaptive_conv(x, weight, gains, assignments)
+    plain = cluster_adaptive_conv(x, weight, gains, assignments, method=method)
     torch.testing.assert_close(plain, expected, rtol=1e-10, atol=1e-10)
     # inputs require grad, but grad mode is off
     with torch.no_grad():
-        out = cluster_adaptive_conv(x, weight.requires_grad_(True), gains.requires_grad_(True), assignments)
+        weight, gains = weight.requires_grad_(True), gains.requires_grad_(True)
+        out = cluster_adaptive_conv(x, weight, gains, assignments, method=method)
     assert not out.requires_grad
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
 
 
-def test_single_cluster_is_a_plain_convolution():
+def test_single_cluster_is_a_plain_convolution(method):
     x, weight, gains, _ = make_inputs(3, seed=5)
     ones = torch.ones(2, 1, 27, dtype=x.dtype)
     assignments = torch.zeros(2, x[0, 0].numel(), dtype=torch.int64)
-    out = cluster_adaptive_conv(x, weight, ones, assignments)
+    out = cluster_adaptive_conv(x, weight, ones, assignments, method=method)
     torch.testing.assert_close(out, F.conv3d(x, weight, padding=1), rtol=1e-10, atol=1e-10)
 
 
-def test_float32_matches_float64_reference():
+def test_float32_matches_float64_reference(method):
     x, weight, gains, assignments = make_inputs(3, seed=6)
-    out = cluster_adaptive_conv(x.float(), weight.float(), gains.float(), assignments)
+    out = cluster_adaptive_conv(x.float(), weight.float(), gains.float(), assignments, method=method)
     assert out.dtype == torch.float32
     expected = reference_adaptive_conv(x, weight, gains, assignments)
     torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
@@ -176,3 +191,9 @@ def test_bad_shapes_raise_value_error(which):
     }[which]
     with pytest.raises(ValueError):
         cluster_adaptive_conv(*bad)
+
+
+def test_unknown_method_raises_value_error():
+    x, weight, gains, assignments = make_inputs(3)
+    with pytest.raises(ValueError, match="method"):
+        cluster_adaptive_conv(x, weight, gains, assignments, method="fast")

@@ -55,7 +55,8 @@ def same_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     unfolded = torch.empty((x.shape[0], 3, *x.shape[2:]), dtype=x.dtype, device=x.device, memory_format=layout)
     for tap in range(3):
         unfolded[:, tap].copy_(padded[:, 0, ..., tap : tap + width])
-    taps_as_channels = weight.movedim(-1, 1).squeeze(2).unsqueeze(-1).contiguous(memory_format=layout)  # (C_out, 3, 3[, 3], 1)
+    # (C_out, 1, 3, 3[, 3]) -> (C_out, 3, 3[, 3], 1): the last axis's taps become the input channels
+    taps_as_channels = weight.movedim(-1, 1).squeeze(2).unsqueeze(-1).contiguous(memory_format=layout)
     return torch.ops.aten.mkldnn_convolution(unfolded, taps_as_channels, bias, ones[:-1] + [0], ones, ones, 1)
 
 
