@@ -1,0 +1,62 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from monai_sacb.networks import InstanceNormLeakyReLU, instance_norm_leaky_relu
+
+
+
+
+def _layout(x, name):
+    if name == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
+    return x.contiguous()
+
+
+def _reference(x, slope=0.1):
+    return F.leaky_relu(F.instance_norm(x, eps=1e-5), slope)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 5, 7), (3, 4, 9, 10), (1, 16, 4, 4, 4), (2, 3, 5, 4, 1)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("grad_layout", ["contiguous", "channels_last"])
+def test_forward_and_gradient_equal_pytorch(shape, layout, grad_layout):
+    generator = torch.Generator().manual_seed(0)
+    x = _layout(torch.randn(shape, generator=generator, dtype=torch.float64) * 3 + 2, layout).requires_grad_(True)
+    grad = _layout(torch.randn(shape, generator=generator, dtype=torch.float64), grad_layout)
+    out = instance_norm_leaky_relu(x)
+    expected = _reference(x)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert out.stride() == x.stride()  # the memory format is kept
+    (dx,) = torch.autograd.grad(out, x, grad)
+    (ref,) = torch.autograd.grad(expected, x, grad)
+    torch.testing.assert_close(dx, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_gradcheck_and_identity_slope():
+    x = torch.randn(2, 3, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: instance_norm_leaky_relu(t * 2 + 1), (x,))
+    assert torch.autograd.gradcheck(lambda t: instance_norm_leaky_relu(t, negative_slope=1.0), (x,))
+    torch.testing.assert_close(instance_norm_leaky_relu(x, negative_slope=1.0), F.instance_norm(x))
+
+
+def test_inplace_overwrites_and_out_of_place_does_not():
+    x = torch.randn(2, 4, 5, 6, 7)
+    kept = x.clone()
+    out = instance_norm_leaky_relu(x)
+    assert torch.equal(x, kept)
+    same = InstanceNormLeakyReLU(inplace=True)(x)
+    assert same.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(same, out, rtol=0, atol=0)
+
+
+def test_low_precision_uses_pytorch_instance_norm():
+    x = torch.randn(1, 4, 8, 8, 8)
+    out = instance_norm_leaky_relu(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), _reference(x), rtol=0.05, atol=0.05)
