@@ -6,6 +6,9 @@ Speed and memory of SACBNet against MONAI's VoxelMorph (default configuration), 
 Each (network, size, mode) is measured in a fresh subprocess, so peak memory is that measurement's own:
 on CPU the process's peak resident set (imports included, the same for both networks), on CUDA
 ``torch.cuda.max_memory_allocated``. Times are the median of ``--repeats`` calls after one warm-up call.
+Each row runs ``--rounds`` SACBNet/VoxelMorph process pairs, alternating, and reports the median time of each
+network, the median of the per-round time ratios and their range (a shared machine's speed drifts by 10-20 %
+over minutes, so only measurements taken side by side are compared), and the largest peak memory.
 The k-means share is the time spent inside the SAC blocks' k-means during a forward call.
 
     python benchmarks/bench_sacbnet.py                         # CPU, 80x96x112 and 160x192x224
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="also measure under torch.autocast (GPU)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating SACBNet/VoxelMorph processes per row")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -144,7 +148,8 @@ def main() -> None:
     if args.device == "cuda":
         machine += f", {torch.cuda.get_device_name()}"
     print(f"machine: {machine}; torch {torch.__version__}; device {args.device}; CPU threads {args.threads}")
-    print(f"{'size':>12} {'mode':>9} {'amp':>4} | {'SACBNet s':>9} {'VoxelMorph s':>12} {'ratio':>6} | "
+    print(f"rounds {args.rounds} (alternating processes), each the median of {args.repeats} calls after a warm-up")
+    print(f"{'size':>12} {'mode':>9} {'amp':>4} | {'SACBNet s':>9} {'VoxelMorph s':>12} {'ratio':>6} {'range':>9} | "
           f"{'SACB GiB':>8} {'VM GiB':>7} | {'k-means':>7}")
     amp_modes = [False, True] if args.amp else [False]
     for size_text in args.sizes:
@@ -152,15 +157,26 @@ def main() -> None:
         modes = ["forward", "train"] if size_text in args.train_sizes else ["forward"]
         for mode in modes:
             for amp in amp_modes:
-                sacb = _run_child(args, "SACBNet", size, mode, amp)
-                vm = _run_child(args, "VoxelMorph", size, mode, amp)
-                if "error" in sacb or "error" in vm:
-                    print(f"{size_text:>12} {mode:>9} {str(amp):>4} | error: {sacb.get('error') or vm.get('error')}")
+                # alternate the two networks, one fresh process each per round, so that drifts in the
+                # machine's speed (a shared VM) affect both alike; the ratio is the median of per-round ratios
+                rounds = [
+                    (_run_child(args, "SACBNet", size, mode, amp), _run_child(args, "VoxelMorph", size, mode, amp))
+                    for _ in range(args.rounds)
+                ]
+                errors = [r.get("error") for pair in rounds for r in pair if "error" in r]
+                if errors:
+                    print(f"{size_text:>12} {mode:>9} {str(amp):>4} | error: {errors[0]}")
                     continue
-                share = f"{100 * sacb['kmeans_share']:.0f}%"
+                ratios = sorted(sacb["time"] / vm["time"] for sacb, vm in rounds)
+                sacb_time = statistics.median(sacb["time"] for sacb, _ in rounds)
+                vm_time = statistics.median(vm["time"] for _, vm in rounds)
+                sacb_peak = max(sacb["peak_gib"] for sacb, _ in rounds)
+                vm_peak = max(vm["peak_gib"] for _, vm in rounds)
+                share = f"{100 * statistics.median(sacb['kmeans_share'] for sacb, _ in rounds):.0f}%"
+                spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
                 print(
-                    f"{size_text:>12} {mode:>9} {'yes' if amp else 'no':>4} | {sacb['time']:9.2f} {vm['time']:12.2f} "
-                    f"{sacb['time'] / vm['time']:6.2f} | {sacb['peak_gib']:8.2f} {vm['peak_gib']:7.2f} | {share:>7}",
+                    f"{size_text:>12} {mode:>9} {'yes' if amp else 'no':>4} | {sacb_time:9.2f} {vm_time:12.2f} "
+                    f"{statistics.median(ratios):6.2f} {spread:>9} | {sacb_peak:8.2f} {vm_peak:7.2f} | {share:>7}",
                     flush=True,
                 )
 
