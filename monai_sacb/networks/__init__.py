@@ -12,10 +12,12 @@ from .blocks import (
     batched_kmeans,
     cluster_adaptive_conv,
     conv_norm_act,
+    ddf_sampling_grid,
     instance_norm_leaky_relu,
     kmeans_init_draws,
     local_mean,
     same_conv,
     similarity_matching_flow,
+    warp_with_ddf,
 )
 from .nets import SACBNet, SACBNetDDF

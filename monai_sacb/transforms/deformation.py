@@ -20,6 +20,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type, ensure_tuple
 
+from monai_sacb.networks.blocks.warp import ddf_sampling_grid
+
 __all__ = ["random_smooth_field", "random_smooth_ddf", "RandSmoothDeformd", "RandSyntheticPaird"]
 
 
@@ -145,14 +147,7 @@ class _Warper:
         self._grid: torch.Tensor | None = None
 
     def set_ddf(self, ddf: torch.Tensor) -> None:
-        spatial = ddf.shape[1:]
-        ndim = len(spatial)
-        axes = [torch.arange(s, dtype=ddf.dtype, device=ddf.device) for s in spatial]
-        ref = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
-        scale = torch.tensor([2.0 / max(s - 1, 1) for s in spatial], dtype=ddf.dtype, device=ddf.device)
-        grid = (ref + ddf) * scale.reshape(ndim, *[1] * ndim) - 1.0
-        # grid_sample wants (1, *spatial, ndim) with the last axis ordered x, y[, z] = reversed array axes
-        self._grid = grid.flip(0).permute(*range(1, ndim + 1), 0)[None].contiguous()
+        self._grid = ddf_sampling_grid(ddf[None])
 
     def __call__(self, img: Any, nearest: bool) -> Any:
         if self._grid is None:

@@ -8,3 +8,4 @@ from .kmeans import KMeans, batched_kmeans, kmeans_init_draws
 from .norm_act import InstanceNormLeakyReLU, instance_norm_leaky_relu
 from .matching import SimilarityMatching, similarity_matching_flow
 from .sac import SACBlock, local_mean
+from .warp import ddf_sampling_grid, warp_with_ddf

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from monai_sacb.networks.utils import is_exporting
 
-__all__ = ["warp_with_ddf"]
+__all__ = ["ddf_sampling_grid", "warp_with_ddf"]
 
 
 def _thread_chunks(image: torch.Tensor) -> int:
@@ -20,6 +20,21 @@ def _thread_chunks(image: torch.Tensor) -> int:
         return 1
     first = image.shape[2]
     return max(k for k in range(1, max(1, torch.get_num_threads()) + 1) if first % k == 0)
+
+
+def ddf_sampling_grid(ddf: torch.Tensor) -> torch.Tensor:
+    """
+    (B, spatial_dims, *S) displacement in voxels -> (B, *S, spatial_dims) ``grid_sample`` grid
+    (``align_corners=True``, last spatial axis first), computed as ``(position + ddf) * 2 / (size - 1) - 1``
+    in that order, like :py:class:`monai.networks.blocks.Warp`, with a single allocation. Differentiable.
+    """
+    spatial_dims, spatial_shape = ddf.shape[1], tuple(ddf.shape[2:])
+    grid = torch.stack([ddf[:, axis] for axis in reversed(range(spatial_dims))], dim=-1)
+    for axis, size in enumerate(spatial_shape):
+        position = torch.arange(size, dtype=grid.dtype, device=grid.device)
+        grid[..., spatial_dims - 1 - axis].add_(position.view([size if a == axis else 1 for a in range(spatial_dims)]))
+    sizes = [max(size - 1, 1) for size in reversed(spatial_shape)]
+    return grid.mul_(2).div_(torch.tensor(sizes, dtype=grid.dtype, device=grid.device)).sub_(1)
 
 
 def warp_with_ddf(image: torch.Tensor, ddf: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
@@ -48,14 +63,7 @@ def warp_with_ddf(image: torch.Tensor, ddf: torch.Tensor, padding_mode: str = "z
     expected = (image.shape[0], spatial_dims, *spatial_shape)
     if tuple(ddf.shape) != expected:
         raise ValueError(f"ddf must be {expected} for an image of shape {tuple(image.shape)}, got {tuple(ddf.shape)}.")
-    # grid_sample wants (B, *S, spatial_dims) with the last spatial axis first
-    grid = torch.stack([ddf[:, axis] for axis in reversed(range(spatial_dims))], dim=-1)
-    for axis, size in enumerate(spatial_shape):
-        position = torch.arange(size, dtype=grid.dtype, device=grid.device)
-        grid[..., spatial_dims - 1 - axis].add_(position.view([size if a == axis else 1 for a in range(spatial_dims)]))
-    # (position + ddf) * 2 / (size - 1) - 1, in this order, as monai.networks.blocks.Warp computes it
-    sizes = [max(size - 1, 1) for size in reversed(spatial_shape)]
-    grid.mul_(2).div_(torch.tensor(sizes, dtype=grid.dtype, device=grid.device)).sub_(1)
+    grid = ddf_sampling_grid(ddf)
     chunks = _thread_chunks(image)
     if chunks == 1:
         return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
