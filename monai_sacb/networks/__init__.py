@@ -2,6 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 
 from .blocks import (
+    AvgPool2x,
     InstanceNormLeakyReLU,
     KMeans,
     PyramidEncoder,

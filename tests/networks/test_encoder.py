@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from monai_sacb.networks.blocks import PyramidEncoder, conv_norm_act
+from monai_sacb.networks.blocks import AvgPool2x, PyramidEncoder, conv_norm_act
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
@@ -47,3 +47,20 @@ def test_pyramid_encoder_shapes_and_widths():
         (2, 64, 4, 6),
         (2, 64, 2, 3),
     ]
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 4, 10), (1, 3, 7, 5, 9), (2, 4, 6, 8), (1, 2, 5, 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_avg_pool_2x_equals_avg_pool_and_keeps_layout(shape, channels_last):
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    layout = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
+    if channels_last:
+        x = x.contiguous(memory_format=layout)
+    x.requires_grad_(True)
+    pool = torch.nn.functional.avg_pool3d if x.ndim == 5 else torch.nn.functional.avg_pool2d
+    out, expected = AvgPool2x()(x), pool(x, 2)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    if channels_last:
+        assert out.is_contiguous(memory_format=layout)
+    grad = torch.randn(out.shape, dtype=out.dtype)
+    torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])

@@ -3,7 +3,7 @@
 
 from .adaptive_conv import cluster_adaptive_conv
 from .conv import SameConv2d, SameConv3d, same_conv
-from .encoder import PyramidEncoder, conv_norm_act
+from .encoder import AvgPool2x, PyramidEncoder, conv_norm_act
 from .kmeans import KMeans, batched_kmeans, kmeans_init_draws
 from .norm_act import InstanceNormLeakyReLU, instance_norm_leaky_relu
 from .matching import SimilarityMatching, similarity_matching_flow

@@ -12,7 +12,7 @@ from torch import nn
 from monai_sacb.networks.blocks.conv import SameConv2d, SameConv3d
 from monai_sacb.networks.blocks.norm_act import InstanceNormLeakyReLU
 
-__all__ = ["conv_norm_act", "PyramidEncoder"]
+__all__ = ["conv_norm_act", "AvgPool2x", "PyramidEncoder"]
 
 
 def conv_norm_act(spatial_dims: int, in_channels: int, out_channels: int, negative_slope: float = 0.1) -> nn.Sequential:
@@ -29,13 +29,33 @@ def conv_norm_act(spatial_dims: int, in_channels: int, out_channels: int, negati
     return nn.Sequential(OrderedDict(conv=conv, adn=InstanceNormLeakyReLU(negative_slope, inplace=True)))
 
 
+class AvgPool2x(nn.Module):
+    """
+    ``avg_pool(x, kernel_size=2, stride=2)`` over every spatial axis (odd sizes drop their last row, as
+    avg_pool does), as a sum of the even and odd slices, one axis after the other. Keeps x's memory format:
+    PyTorch's CPU ``avg_pool3d`` returns contiguous output for channels-last input and takes 8x longer
+    (40 ms against 5 ms for two 8-channel 80x96x112 volumes on 2 threads).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for axis in range(2, x.ndim):
+            size = out.shape[axis] - out.shape[axis] % 2
+            even = [slice(None)] * x.ndim
+            odd = [slice(None)] * x.ndim
+            even[axis], odd[axis] = slice(0, size, 2), slice(1, size, 2)
+            out = out[tuple(even)] + out[tuple(odd)]
+        return out.mul_(0.5 ** (x.ndim - 2))
+
+
 class PyramidEncoder(nn.Module):
     """
     The SACB-Net feature pyramid: five levels, each 2x coarser than the one before (average pooling).
 
     With base width c and the default ``channels=(2c, 4c, 8c, 16c, 16c)``:
     level 1 (full resolution) conv in->c, c->2c, 2c->2c; levels 2-5: AvgPool(2) then two convolutions to
-    that level's width. Every convolution is :py:func:`conv_norm_act`. Moving and fixed images share it;
+    that level's width (pooling by :py:class:`AvgPool2x`). Every convolution is :py:func:`conv_norm_act`.
+    Moving and fixed images share it;
     InstanceNorm works per sample, so both can go through as one batch.
 
     Args:
@@ -58,7 +78,6 @@ class PyramidEncoder(nn.Module):
         super().__init__()
         if len(channels) != 5:
             raise ValueError(f"channels must give the widths of 5 levels, got {channels}.")
-        pool = nn.AvgPool3d if spatial_dims == 3 else nn.AvgPool2d
         self.levels = nn.ModuleList(
             [
                 nn.Sequential(
@@ -71,7 +90,7 @@ class PyramidEncoder(nn.Module):
         for previous, width in zip(channels[:-1], channels[1:]):
             self.levels.append(
                 nn.Sequential(
-                    pool(2),
+                    AvgPool2x(),
                     conv_norm_act(spatial_dims, previous, width),
                     conv_norm_act(spatial_dims, width, width),
                 )
