@@ -12,6 +12,7 @@ from monai_sacb.networks.blocks.encoder import PyramidEncoder, conv_norm_act
 from monai_sacb.networks.blocks.matching import similarity_matching_flow
 from monai_sacb.networks.blocks.sac import SACBlock
 from monai_sacb.networks.blocks.warp import warp_with_ddf
+from monai_sacb.networks.utils import is_exporting
 
 __all__ = ["SACBNet", "SACBNetDDF"]
 
@@ -126,7 +127,7 @@ class SACBNet(nn.Module):
         """[fixed; moving] features (2B, C, *S) -> [fixed; moving warped by flow], channels-last like the input."""
         fixed_features, moving_features = features[:batch], features[batch:]
         warped = warp_with_ddf(moving_features, flow.to(moving_features.dtype))  # zero padding, as in the paper
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and not is_exporting():
             # inference: nothing else reads the encoder's moving features, so overwrite them instead of
             # allocating a concatenation (fresh memory is what costs most on CPU)
             moving_features.copy_(warped)
