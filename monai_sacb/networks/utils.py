@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["is_exporting"]
+__all__ = ["channels_last_format", "is_exporting"]
 
 
 def is_exporting() -> bool:
@@ -21,3 +21,8 @@ def is_exporting() -> bool:
         or torch.compiler.is_exporting()
         or torch.compiler.is_compiling()
     )
+
+
+def channels_last_format(spatial_dims: int) -> torch.memory_format:
+    """The channels-last memory format of a (B, C, *S) tensor with 2 or 3 spatial dimensions."""
+    return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last

@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from monai_sacb.networks.blocks.conv import same_conv
-from monai_sacb.networks.utils import is_exporting
+from monai_sacb.networks.utils import channels_last_format, is_exporting
 
 __all__ = ["cluster_adaptive_conv"]
 
@@ -56,6 +56,28 @@ def _tap_offsets(tap: int, spatial_dims: int) -> tuple[int, ...]:
     return tuple(reversed(offsets))
 
 
+def _plan(x: torch.Tensor, weight: torch.Tensor) -> tuple[tuple[int, ...], torch.Tensor, list[tuple[int, int]], int]:
+    """Spatial shape, (T * C_in, C_out) kernel matrix (row t * C_in + c), slabs and voxels per first-axis plane."""
+    out_channels, in_channels = weight.shape[:2]
+    spatial_shape = tuple(x.shape[2:])
+    num_taps = 3 ** len(spatial_shape)
+    kernel = weight.reshape(out_channels, in_channels, num_taps).permute(2, 1, 0).reshape(-1, out_channels)
+    slabs = _slabs(spatial_shape, num_taps * in_channels, x.element_size())
+    return spatial_shape, kernel, slabs, math.prod(spatial_shape[1:])
+
+
+def _gains_per_voxel(gains: torch.Tensor, assignments: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Tensor:
+    """(K, T) gains of one sample, (N,) clusters -> (*S, 3, ..., 3, 1), broadcastable against _tap_view."""
+    return gains.index_select(0, assignments).view(*spatial_shape, *([3] * len(spatial_shape)), 1)
+
+
+def _scaled_patches(view: torch.Tensor, gains: torch.Tensor, buffer: torch.Tensor, count: int) -> torch.Tensor:
+    """The gain-scaled patches of a slab of ``count`` voxels, written into ``buffer``: (count, T * C_in)."""
+    scaled = buffer[:count]
+    torch.mul(view, gains, out=scaled.view(view.shape))
+    return scaled.view(count, -1)
+
+
 class _PatchAdaptiveConv(torch.autograd.Function):
     """
     out(p) = W_flat @ (gains[c(p)] * patch(p)) + bias[c(p)]: the per-voxel tap gains scale the im2col patch,
@@ -65,32 +87,25 @@ class _PatchAdaptiveConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, gains, assignments, bias):  # type: ignore[override]
-        batch, in_channels, *spatial_shape = x.shape
-        spatial_shape = tuple(spatial_shape)
-        out_channels, spatial_dims = weight.shape[0], x.ndim - 2
-        num_taps = 3**spatial_dims
-        kernel = weight.reshape(out_channels, in_channels, num_taps).permute(2, 1, 0).reshape(-1, out_channels)
-        slabs = _slabs(spatial_shape, num_taps * in_channels, x.element_size())
-        plane = math.prod(spatial_shape[1:])
-        patches = x.new_empty(((slabs[0][1] - slabs[0][0]) * plane, num_taps, in_channels))
-        layout = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+        spatial_shape, kernel, slabs, plane = _plan(x, weight)
+        batch, out_channels = x.shape[0], weight.shape[0]
+        patches = x.new_empty(((slabs[0][1] - slabs[0][0]) * plane, kernel.shape[0]))
+        layout = channels_last_format(len(spatial_shape))
         out = torch.empty((batch, out_channels, *spatial_shape), dtype=x.dtype, device=x.device, memory_format=layout)
         for b in range(batch):
             padded = _padded_channels_last(x[b])
-            voxel_gains = gains[b].index_select(0, assignments[b]).view(*spatial_shape, *([3] * spatial_dims), 1)
+            voxel_gains = _gains_per_voxel(gains[b], assignments[b], spatial_shape)
             rows = out[b].movedim(0, -1).view(-1, out_channels)  # channels-last: one row per voxel
             if bias is not None:
                 rows.copy_(bias[b].index_select(0, assignments[b]))
             for start, stop in slabs:
                 count = (stop - start) * plane
-                view = _tap_view(padded, start, stop)
-                scaled = patches[:count]
-                torch.mul(view, voxel_gains[start:stop], out=scaled.view(view.shape))
+                scaled = _scaled_patches(_tap_view(padded, start, stop), voxel_gains[start:stop], patches, count)
                 target = rows[start * plane : stop * plane]
                 if bias is None:
-                    torch.mm(scaled.view(count, -1), kernel, out=target)
+                    torch.mm(scaled, kernel, out=target)
                 else:
-                    target.addmm_(scaled.view(count, -1), kernel)
+                    target.addmm_(scaled, kernel)
         ctx.save_for_backward(x, weight, gains, assignments)
         return out
 
@@ -99,14 +114,11 @@ class _PatchAdaptiveConv(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight, gains, assignments = ctx.saved_tensors
         need_x, need_weight, need_gains, _, need_bias = ctx.needs_input_grad
-        batch, in_channels, *spatial_shape = x.shape
-        spatial_shape = tuple(spatial_shape)
-        out_channels, spatial_dims = weight.shape[0], x.ndim - 2
-        num_taps, num_clusters = 3**spatial_dims, gains.shape[1]
-        kernel = weight.reshape(out_channels, in_channels, num_taps).permute(2, 1, 0).reshape(-1, out_channels)
-        slabs = _slabs(spatial_shape, num_taps * in_channels, x.element_size())
-        plane = math.prod(spatial_shape[1:])
-        buffer_shape = ((slabs[0][1] - slabs[0][0]) * plane, num_taps, in_channels)
+        spatial_shape, kernel, slabs, plane = _plan(x, weight)
+        batch, in_channels, out_channels = x.shape[0], x.shape[1], weight.shape[0]
+        spatial_dims, num_clusters = len(spatial_shape), gains.shape[1]
+        num_taps = 3**spatial_dims
+        buffer_shape = ((slabs[0][1] - slabs[0][0]) * plane, kernel.shape[0])
         patches, grad_patches = x.new_empty(buffer_shape), x.new_empty(buffer_shape)
         grad_rows = grad_out.movedim(1, -1).reshape(batch, -1, out_channels)
         grad_x = torch.empty_like(x) if need_x else None
@@ -116,7 +128,7 @@ class _PatchAdaptiveConv(torch.autograd.Function):
         taps = [_tap_offsets(t, spatial_dims) for t in range(num_taps)]
         for b in range(batch):
             padded = _padded_channels_last(x[b])
-            voxel_gains = gains[b].index_select(0, assignments[b]).view(*spatial_shape, *([3] * spatial_dims), 1)
+            voxel_gains = _gains_per_voxel(gains[b], assignments[b], spatial_shape)
             # (N, K) one-hot: per-cluster sums as matrix products, deterministic on every device
             membership = F.one_hot(assignments[b], num_clusters).to(x.dtype)
             grad_padded = torch.zeros_like(padded) if need_x else None
@@ -126,9 +138,8 @@ class _PatchAdaptiveConv(torch.autograd.Function):
                 view = _tap_view(padded, start, stop)
                 grad_slab = grad_rows[b, start * plane : stop * plane]
                 if need_weight:
-                    scaled = patches[:count]
-                    torch.mul(view, voxel_gains[start:stop], out=scaled.view(view.shape))
-                    grad_kernel.addmm_(scaled.view(count, -1).t(), grad_slab)
+                    scaled = _scaled_patches(view, voxel_gains[start:stop], patches, count)
+                    grad_kernel.addmm_(scaled.t(), grad_slab)
                 if not (need_x or need_gains):
                     continue
                 grad_scaled = grad_patches[:count]
@@ -167,7 +178,7 @@ def _stacked_kernels_conv(x, weight, gains, assignments, bias):
     kernels = (taps * gains.reshape(batch, num_clusters, 1, 1, num_taps)).reshape(
         batch, num_clusters * out_channels, in_channels, *weight.shape[2:]
     )
-    layout = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+    layout = channels_last_format(spatial_dims)
     num_voxels = x[0, 0].numel()
     row_offsets = torch.arange(num_voxels, device=x.device) * num_clusters
     selected = []

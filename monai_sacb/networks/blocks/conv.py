@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from monai_sacb.networks.utils import is_exporting
+from monai_sacb.networks.utils import channels_last_format, is_exporting
 
 __all__ = ["same_conv", "SameConv2d", "SameConv3d"]
 
@@ -49,7 +49,7 @@ def same_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     ones = [1] * spatial_dims
     if x.shape[1] != 1:
         return torch.ops.aten.mkldnn_convolution(x, weight, bias, ones, ones, ones, 1)
-    layout = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+    layout = channels_last_format(spatial_dims)
     width = x.shape[-1]
     padded = F.pad(x, [1, 1])
     unfolded = torch.empty((x.shape[0], 3, *x.shape[2:]), dtype=x.dtype, device=x.device, memory_format=layout)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from monai_sacb.networks.utils import is_exporting
+from monai_sacb.networks.utils import channels_last_format, is_exporting
 
 __all__ = ["instance_norm_leaky_relu", "InstanceNormLeakyReLU"]
 
@@ -21,7 +21,7 @@ def _channel_rows(x: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor,
     tiled r times: broadcasting a vector of 4-16 channels along the innermost axis vectorises badly (3x slower).
     """
     batch, channels = x.shape[:2]
-    layout = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
+    layout = channels_last_format(x.ndim - 2)
     if x.ndim in (4, 5) and channels > 1 and x.is_contiguous(memory_format=layout) and not x.is_contiguous():
         num_voxels = x[0, 0].numel()
         repeats = math.gcd(num_voxels, max(1, 128 // channels))

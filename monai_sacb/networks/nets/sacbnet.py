@@ -12,7 +12,7 @@ from monai_sacb.networks.blocks.encoder import PyramidEncoder, conv_norm_act
 from monai_sacb.networks.blocks.matching import similarity_matching_flow
 from monai_sacb.networks.blocks.sac import SACBlock
 from monai_sacb.networks.blocks.warp import warp_with_ddf
-from monai_sacb.networks.utils import is_exporting
+from monai_sacb.networks.utils import channels_last_format, is_exporting
 
 __all__ = ["SACBNet", "SACBNetDDF"]
 
@@ -96,7 +96,7 @@ class SACBNet(nn.Module):
 
     @property
     def _memory_format(self) -> torch.memory_format:
-        return torch.channels_last_3d if self.spatial_dims == 3 else torch.channels_last
+        return channels_last_format(self.spatial_dims)
 
     def _check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
         expected = f"(B, {self.in_channels}, " + ", ".join("HWD"[: self.spatial_dims]) + ")"
