@@ -29,8 +29,8 @@ def same_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
 
     - oneDNN directly: PyTorch's heuristic sends a batch of one with C * D * H <= 20480 (coarse pyramid levels)
       to its native kernel, 2-3x slower for these shapes;
-    - a one-channel input is first unfolded along its last axis into 3 channels, and convolved with the
-      equivalent 3x3x1 kernel: oneDNN is about 3x faster with 3 input channels than with 1.
+    - a one-channel 3D input is first unfolded along its last axis into 3 channels, and convolved with the
+      equivalent 3x3x1 kernel: oneDNN is about 4x faster with 3 input channels than with 1.
 
     Elsewhere (GPU, other dtypes, autocast, tracing and export) it is plain ``F.conv2d``/``F.conv3d``.
 
@@ -47,7 +47,7 @@ def same_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
         conv = F.conv3d if spatial_dims == 3 else F.conv2d
         return conv(x, weight, bias, padding=1)
     ones = [1] * spatial_dims
-    if x.shape[1] != 1:
+    if x.shape[1] != 1 or spatial_dims != 3:
         return torch.ops.aten.mkldnn_convolution(x, weight, bias, ones, ones, ones, 1)
     layout = channels_last_format(spatial_dims)
     width = x.shape[-1]
