@@ -67,7 +67,7 @@ class _InstanceNormLeakyReLU(torch.autograd.Function):
         grad_norm = torch.ops.aten.leaky_relu_backward(grad_y, y, slope, True) if slope != 1.0 else grad_y.clone()
         grad_mean = grad_norm.flatten(2).sum(2) / num_voxels
         grad_dot = torch.bmm(grad_y.flatten(2), y.flatten(2).transpose(1, 2)).diagonal(dim1=1, dim2=2) / num_voxels
-        normalised = F.leaky_relu(y, 1.0 / slope) if slope != 1.0 else y.clone()  # undoes the activation: xhat
+        normalised = F.leaky_relu(y, 1.0 / slope) if slope != 1.0 else y  # undoes the activation: xhat
         if normalised.stride() != grad_norm.stride():  # the incoming gradient had another memory format
             normalised = torch.empty_like(grad_norm).copy_(normalised)
         rows, grad_mean, grad_dot, inv_std = _channel_rows(grad_norm, grad_mean, grad_dot, inv_std)
