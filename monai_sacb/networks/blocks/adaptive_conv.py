@@ -210,11 +210,11 @@ def cluster_adaptive_conv(
 
     - ``"patches"``: each voxel's im2col patch (a zero-copy overlapping view) is scaled by its cluster's tap
       gains and multiplied by the shared kernel, a slab of voxels at a time: one convolution's arithmetic, a
-      patch buffer of bounded size, patches rebuilt in backward instead of saved. The faster on CPU (2-3x
-      at SACB-Net's levels 2 and 3).
+      patch buffer of bounded size, patches rebuilt in backward instead of saved. The faster on CPU: at
+      SACB-Net's levels 2-4 (K = 7), 1.4-2.3x forward and up to 3x forward+backward on 2 threads.
     - ``"stacked"``: per sample, the K cluster kernels run as one convolution with K x C_out output channels
-      and each voxel takes the row of its own cluster: K times the arithmetic, in the dense convolution
-      kernels that GPUs run fastest. Also what tracing and ONNX export record.
+      and each voxel takes the row of its own cluster: K times the arithmetic, but in the dense convolution
+      kernels GPUs run fastest (not measured here: no GPU). Also what tracing and ONNX export record.
     - ``"auto"``: "patches" on CPU, "stacked" elsewhere and while exporting.
 
     Args:
