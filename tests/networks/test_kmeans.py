@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from monai_sacb.networks import KMeans, batched_kmeans, kmeans_init_draws
+from monai_sacb.networks.blocks import kmeans_subset_indices
 
 # three well separated blob centres per sample, different for each sample of the batch
 CENTRES = torch.tensor(
@@ -132,6 +133,37 @@ def test_max_points_subset():
             torch.testing.assert_close(centroids[b, label], CENTRES[b, blob], atol=0.25, rtol=0)
     again = KMeans(3, max_points=30)(points)
     assert torch.equal(again[0], assignments) and torch.equal(again[1], centroids)
+
+
+def test_subset_is_one_point_per_stratum():
+    index = kmeans_subset_indices(1000, 64)
+    assert index.shape == (64,) and index.dtype == torch.int64
+    bounds = torch.arange(65) * 1000 // 64  # stratum k holds the indices bounds[k] <= i < bounds[k + 1]
+    assert torch.equal(torch.bucketize(index, bounds, right=True) - 1, torch.arange(64))
+    assert torch.equal(index, kmeans_subset_indices(1000, 64))  # seeded: the same on every call
+    assert torch.equal(kmeans_subset_indices(50, 64), torch.arange(50))
+
+
+def test_subset_does_not_alias_with_a_256_wide_last_axis():
+    # the level-2 grid of a 256^3 volume flattened: a stride of N / 16384 = 128 hits only columns w = 0 and 128
+    shape = (128, 128, 256)
+    num_points = shape[0] * shape[1] * shape[2]
+    index = kmeans_subset_indices(num_points, 16384)
+    columns = (index % shape[2]).unique().numel()
+    rows = ((index // shape[2]) % shape[1]).unique().numel()
+    slices = (index // (shape[1] * shape[2])).unique().numel()
+    assert columns > 250 and rows == shape[1] and slices == shape[0]
+    # the subset still spreads evenly: every slice of the volume gets its share
+    counts = torch.bincount(index // (shape[1] * shape[2]), minlength=shape[0])
+    assert int(counts.min()) == int(counts.max()) == 16384 // shape[0]
+
+
+def test_subset_fit_sees_a_structure_a_stride_would_miss():
+    # points vary only along the last axis of a (64, 64, 256) grid: a stride of 128 would fit on w in {0, 128} only
+    w = torch.arange(256, dtype=torch.float32).repeat(64 * 64)
+    points = torch.stack([(w >= 200).float() * 10.0, torch.zeros_like(w)], -1)[None]
+    assignments, centroids = batched_kmeans(points, 2, max_points=8192)
+    assert torch.equal(assignments[0], (w >= 200).long() if centroids[0, 1, 0] > 5 else (w < 200).long())
 
 
 def test_no_gradient_through_outputs():

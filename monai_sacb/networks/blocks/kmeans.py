@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["batched_kmeans", "kmeans_init_draws", "KMeans"]
+__all__ = ["batched_kmeans", "kmeans_init_draws", "kmeans_subset_indices", "KMeans"]
 
 
 def kmeans_init_draws(num_clusters: int, seed: int = 0) -> torch.Tensor:
@@ -20,6 +22,33 @@ def kmeans_init_draws(num_clusters: int, seed: int = 0) -> torch.Tensor:
     """
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(num_clusters, generator=generator)
+
+
+@functools.lru_cache(maxsize=16)
+def _subset_jitter(num_samples: int) -> torch.Tensor:
+    """Fixed uniform draws in [0, 1), one per stratum, from a CPU generator seeded once (the same on every call)."""
+    return torch.rand(num_samples, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def kmeans_subset_indices(num_points: int, max_points: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """
+    Indices of an evenly spread, seeded subset of ``max_points`` out of ``num_points`` (all of them when
+    ``num_points <= max_points``).
+
+    Jittered stratified sampling: the flattened index range is cut into ``max_points`` equal strata and one index
+    is drawn in each, at a fixed pseudo-random position. A plain stride would alias with the last spatial axis of a
+    flattened volume (at 256^3, every 128th voxel lies on the ``w = 0`` plane); a random position in each stratum
+    cannot, yet the subset stays as evenly spread as the stride and is the same on every call and device.
+
+    Returns:
+        int64 tensor of shape ``(min(num_points, max_points),)``, strictly increasing.
+    """
+    if num_points <= max_points:
+        return torch.arange(num_points, device=device)
+    bounds = torch.div(torch.arange(max_points + 1, dtype=torch.int64) * num_points, max_points, rounding_mode="floor")
+    start, width = bounds[:-1], bounds[1:] - bounds[:-1]  # stratum k: [start_k, start_k + width_k), width_k >= 1
+    offset = torch.floor(_subset_jitter(max_points) * width).long().clamp_max(width - 1)
+    return (start + offset).to(device)
 
 
 def _squared_distances(points: torch.Tensor, sq_norms: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -63,8 +92,9 @@ def batched_kmeans(
             regions), some centroids coincide and the extra clusters stay empty.
         num_iters: number of Lloyd iterations after initialisation.
         init_draws: (K,) uniform draws in [0, 1) for k-means++; defaults to ``kmeans_init_draws(K, seed=0)``.
-        max_points: when N is larger, centroids are fitted on every ``ceil(N / max_points)``-th point (a fixed,
-            evenly spread subset) and then all N points are assigned to them; ``None`` fits on all points.
+        max_points: when N is larger, centroids are fitted on a fixed, evenly spread subset of ``max_points``
+            points (:py:func:`kmeans_subset_indices`: one point at a seeded position in each of ``max_points``
+            equal strata) and then all N points are assigned to them; ``None`` fits on all points.
             For voxel descriptors, which vary smoothly, this changes the centroids little and the cost a lot.
 
     Returns:
@@ -88,8 +118,10 @@ def batched_kmeans(
 
     with torch.no_grad(), torch.autocast(points.device.type, enabled=False):
         all_points = points.detach().float()
-        stride = 1 if max_points is None else -(-num_points // max_points)
-        x = all_points[:, ::stride]
+        if max_points is None or num_points <= max_points:
+            x = all_points
+        else:
+            x = all_points[:, kmeans_subset_indices(num_points, max_points, device=all_points.device)]
         num_points = x.shape[1]
         sq_norms = x.pow(2).sum(-1, keepdim=True)
         draws = init_draws.to(device=x.device, dtype=torch.float64)
