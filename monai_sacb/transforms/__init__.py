@@ -17,4 +17,12 @@ from .labels import (
     RemapLabelsd,
 )
 from .preprocessing import INTENSITY_OPTIONS, pair_preprocessing
+from .synthesis import (
+    RandLabelSynthPaird,
+    integrate_velocity,
+    random_affine_ddf,
+    random_contrast,
+    random_velocity_ddf,
+    synthesize_image,
+)
 from .warp import Warpd
