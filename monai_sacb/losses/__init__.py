@@ -4,6 +4,17 @@
 from __future__ import annotations
 
 from .diffusion import ForwardDiffusionLoss
+from .lncc import LNCC_VARIANTS, FastLNCCLoss, FastLocalNormalizedCrossCorrelationLoss, local_box_sum
 from .registration import PAPER_REG_WEIGHTS, REGULARIZATION_NAMES, SIMILARITY_NAMES, RegistrationLoss
 
-__all__ = ["ForwardDiffusionLoss", "RegistrationLoss", "PAPER_REG_WEIGHTS", "REGULARIZATION_NAMES", "SIMILARITY_NAMES"]
+__all__ = [
+    "ForwardDiffusionLoss",
+    "FastLocalNormalizedCrossCorrelationLoss",
+    "FastLNCCLoss",
+    "LNCC_VARIANTS",
+    "local_box_sum",
+    "RegistrationLoss",
+    "PAPER_REG_WEIGHTS",
+    "REGULARIZATION_NAMES",
+    "SIMILARITY_NAMES",
+]

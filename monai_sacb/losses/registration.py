@@ -17,10 +17,11 @@ from monai.losses import (
 )
 
 from monai_sacb.losses.diffusion import ForwardDiffusionLoss
+from monai_sacb.losses.lncc import FastLocalNormalizedCrossCorrelationLoss
 
 __all__ = ["RegistrationLoss", "SIMILARITY_NAMES", "REGULARIZATION_NAMES", "PAPER_REG_WEIGHTS"]
 
-SIMILARITY_NAMES = ("lncc", "mse", "mi")
+SIMILARITY_NAMES = ("lncc", "mse", "mi", "sacb_ncc", "monai_lncc")
 REGULARIZATION_NAMES = ("diffusion", "bending", "monai_diffusion")
 
 #: lambda of the paper per data set (Abdomen CT: the paper used values between 0.3 and 0.5).
@@ -28,8 +29,14 @@ PAPER_REG_WEIGHTS = {"ixi": 3.0, "lpba": 1.0, "abdomen_ct": 0.3}
 
 
 def _build_similarity(name: str, spatial_dims: int, kwargs: Mapping[str, Any]) -> nn.Module:
-    if name == "lncc":
-        # the paper's NCC: squared local correlation in a 9^3 box window, negated
+    if name in ("lncc", "sacb_ncc"):
+        # the paper's NCC: squared local correlation in a 9^3 box window, negated; fast box sums and backward.
+        # "lncc" computes MONAI's formula (each variance clamped), "sacb_ncc" the published code's (1e-5 added)
+        variant = "monai" if name == "lncc" else "sacb"
+        options = {"kernel_size": 9, "variant": variant, **kwargs}
+        return FastLocalNormalizedCrossCorrelationLoss(spatial_dims=spatial_dims, **options)
+    if name == "monai_lncc":
+        # MONAI's convolution-based LNCC, the same values as "lncc" (slower), for comparison
         options = {"kernel_size": 9, "kernel_type": "rectangular", **kwargs}
         return LocalNormalizedCrossCorrelationLoss(spatial_dims=spatial_dims, **options)
     if name == "mse":
@@ -58,22 +65,29 @@ class RegistrationLoss(nn.Module):
         loss = similarity(warped, fixed) + reg_weight * regularization(ddf)
 
     With the defaults this is the paper's loss: negated squared local normalised cross-correlation in a
-    9x9x9 window (MONAI ``LocalNormalizedCrossCorrelationLoss``, minimum -1 for a perfect match) plus
+    9x9x9 window (:py:class:`monai_sacb.losses.FastLocalNormalizedCrossCorrelationLoss`, the values of MONAI's
+    ``LocalNormalizedCrossCorrelationLoss`` with a box window, much faster; minimum -1 for a perfect match) plus
     ``lambda`` times the mean squared forward-difference gradient of the ddf
     (:py:class:`monai_sacb.losses.ForwardDiffusionLoss`, zero for a constant field).
     The paper's ``lambda``: IXI 3, LPBA40 1, Abdomen CT 0.3 to 0.5 (see ``PAPER_REG_WEIGHTS``).
 
     Args:
-        similarity: ``"lncc"`` (default), ``"mse"`` (``torch.nn.MSELoss``, minimum 0) or ``"mi"``
-            (MONAI ``GlobalMutualInformationLoss``, negated mutual information, for multi-modal pairs).
+        similarity: ``"lncc"`` (default: fast box-window LNCC with MONAI's formula, each local variance
+            clamped to ``smooth_dr``), ``"sacb_ncc"`` (the same sums with the formula of the published
+            SACB-Net/VoxelMorph code, ``cross^2 / (var_I var_J + 1e-5)``; it differs from ``"lncc"`` only in
+            windows where ``var_I var_J`` is not much larger than 1e-5, e.g. flat background),
+            ``"monai_lncc"`` (MONAI ``LocalNormalizedCrossCorrelationLoss``
+            itself, the values of ``"lncc"`` computed with convolutions, slower; kept for comparison),
+            ``"mse"`` (``torch.nn.MSELoss``, minimum 0) or ``"mi"`` (MONAI ``GlobalMutualInformationLoss``,
+            negated mutual information, for multi-modal pairs).
         regularization: ``"diffusion"`` (default, forward differences, the paper's),
             ``"bending"`` (MONAI ``BendingEnergyLoss``) or ``"monai_diffusion"`` (MONAI ``DiffusionLoss``:
             central differences summed over axes, ``spatial_dims`` times larger than ``"diffusion"`` on an
             affine field; see :py:class:`ForwardDiffusionLoss`).
         reg_weight: ``lambda``, the weight of the regulariser (>= 0). Defaults to 1.0.
         spatial_dims: number of spatial dimensions (used by LNCC). Defaults to 3.
-        similarity_kwargs: extra arguments for the similarity loss, e.g. ``{"kernel_size": 7}`` for LNCC or
-            ``{"num_bins": 32}`` for MI; they override the defaults above.
+        similarity_kwargs: extra arguments for the similarity loss, e.g. ``{"kernel_size": 7}`` for the LNCC
+            losses or ``{"num_bins": 32}`` for MI; they override the defaults above.
         regularization_kwargs: extra arguments for the regulariser, e.g. ``{"normalize": True}`` for bending.
 
     After each call, ``last_terms`` holds the detached parts ``{"similarity", "regularization", "loss"}``
