@@ -1,0 +1,30 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+"""Inference-time procedures: instance optimisation (test-time refinement) of displacement fields."""
+
+from __future__ import annotations
+
+from .instance_optimization import (
+    DEFAULT_LEVELS,
+    DEFAULT_SMOOTHING,
+    DEFAULT_STEPS,
+    InstanceOptimization,
+    finetune_network,
+    level_shape,
+    refine_ddf,
+    resize_ddf,
+    resize_image,
+)
+
+__all__ = [
+    "DEFAULT_LEVELS",
+    "DEFAULT_SMOOTHING",
+    "DEFAULT_STEPS",
+    "InstanceOptimization",
+    "finetune_network",
+    "level_shape",
+    "refine_ddf",
+    "resize_ddf",
+    "resize_image",
+]

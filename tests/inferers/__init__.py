@@ -1,0 +1,2 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
