@@ -89,19 +89,29 @@ class PreparePairBatch(PrepareBatch):
 class PairInferer(Inferer):
     """
     Run a single-input registration network on a pair and warp the moving image:
-    ``ddf = network(pair)``, ``warped = Warp(mode, padding_mode)(pair[:, :C], ddf)`` with ``C = pair.shape[1] // 2``.
+    ``ddf = network(pair)``, optionally ``ddf = refine(moving, fixed, ddf)`` (instance optimisation), then
+    ``warped = Warp(mode, padding_mode)(pair[:, :C], ddf)`` with ``C = pair.shape[1] // 2``.
 
-    With ``padding_mode="border"`` (the default of ``SACBNet(warp_padding_mode=...)``) ``warped`` is exactly
-    the ``warped`` output of :py:class:`monai_sacb.networks.SACBNet`. The network may be wrapped in
-    ``DistributedDataParallel``: it is called, never unwrapped.
+    With ``padding_mode="border"`` (the default of ``SACBNet(warp_padding_mode=...)``) and no ``refine``,
+    ``warped`` is exactly the ``warped`` output of :py:class:`monai_sacb.networks.SACBNet`. The network may be
+    wrapped in ``DistributedDataParallel``: it is called, never unwrapped.
+
+    Args:
+        mode: interpolation of the warp.
+        padding_mode: padding of the warp.
+        refine: optional callable ``refine(moving, fixed, ddf) -> ddf``, e.g.
+            :py:class:`monai_sacb.inferers.InstanceOptimization`, applied to the network's field.
 
     Returns:
         ``(warped, ddf)``: (B, C, *S) and (B, spatial_dims, *S).
     """
 
-    def __init__(self, mode: str = "bilinear", padding_mode: str = "border") -> None:
+    def __init__(self, mode: str = "bilinear", padding_mode: str = "border", refine: Any = None) -> None:
         super().__init__()
         self.warp = _make_warp(mode, padding_mode)
+        if refine is not None and not callable(refine):
+            raise ValueError(f"refine must be callable as refine(moving, fixed, ddf), got {type(refine).__name__}.")
+        self.refine = refine
 
     def __call__(  # type: ignore[override]
         self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any
@@ -112,7 +122,10 @@ class PairInferer(Inferer):
                 f"{tuple(inputs.shape)}."
             )
         ddf = network(inputs, *args, **kwargs)
-        moving = inputs[:, : inputs.shape[1] // 2]
+        channels = inputs.shape[1] // 2
+        moving = inputs[:, :channels]
+        if self.refine is not None:
+            ddf = self.refine(moving, inputs[:, channels:], ddf).to(ddf.dtype)
         warped = self.warp(moving.to(ddf.dtype), ddf)
         return warped, ddf
 

@@ -1,0 +1,209 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""
+Registration accuracy on held-out pairs, every method side by side in one run: no registration (identity), ANTs SyN
+with default settings (antspyx, ``pip install -e ".[bench]"``), MONAI VoxelMorph and SACBNet trained with the same
+recipe, and SACBNet followed by instance optimisation.
+
+Pairs: by default the held-out validation pairs of the label-synthesis dataset (FSL MNI152 T1 with the
+Desikan-Killiany parcellation, a template and a parcellation that training never saw, both sides deformed
+independently; 2 mm, 80x96x80); or any JSON list of ``{"moving_image", "fixed_image", "moving_label",
+"fixed_label"}`` pairs on one grid (``--pairs``), normalised like the bundle's inference (percentiles to [0, 1]).
+
+For each method and pair: mean Dice over the fixed image's labels (nearest-neighbour label warp), mean HD95 over
+labels (mm), % of voxels with a non-positive Jacobian determinant, SD of the log Jacobian determinant, and wall
+seconds per pair (network forward and optimisation; ANTs: the whole ``ants.registration`` call). A last column
+registers each fixed image to itself and reports the largest displacement (voxels): an image registered to
+itself should not move. Results are means (and standard deviations) over pairs.
+
+    python benchmarks/bench_accuracy.py --model bundle/models/model.pt --voxelmorph runs/vm/model.pt --ants
+    python benchmarks/bench_accuracy.py --model bundle/models/model.pt --io_steps 0 --threads 2 --num_pairs 4
+
+Timings are of this process on this machine; run it alone (``chrt -f 10`` on a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_pairs(args) -> list[dict[str, torch.Tensor]]:
+    from monai_sacb.transforms import pair_preprocessing
+
+    if args.pairs:
+        items = json.loads(Path(args.pairs).read_text())
+        transform = pair_preprocessing(intensity="percentile")
+    else:
+        from monai_sacb.data import prepare_synth_dataset
+
+        items = prepare_synth_dataset(num_validation_pairs=args.num_pairs)["validation"]
+        transform = pair_preprocessing(intensity=None)
+    pairs = []
+    for item in items[: args.num_pairs]:
+        out = transform(dict(item))
+        pair = {k: out[k].as_tensor()[None] for k in ("moving_image", "fixed_image", "moving_label", "fixed_label")}
+        pair["spacing"] = [float(s) for s in out["fixed_image"].pixdim[:3]]
+        pair["name"] = Path(str(item["moving_image"])).name
+        pairs.append(pair)
+    return pairs
+
+
+def _network(kind: str, path: str) -> torch.nn.Module:
+    from monai.networks.nets import VoxelMorph
+
+    from monai_sacb.engines import check_checkpoint_compatible, network_state_dict
+    from monai_sacb.networks import PairDDFWrapper, SACBNetDDF
+
+    net = SACBNetDDF() if kind == "sacbnet" else PairDDFWrapper(VoxelMorph())
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    check_checkpoint_compatible(checkpoint, net, path)
+    net.load_state_dict(network_state_dict(checkpoint))
+    return net.eval()
+
+
+def _network_method(net: torch.nn.Module, refine: Callable | None = None) -> Callable:
+    def register(moving: torch.Tensor, fixed: torch.Tensor) -> dict:
+        with torch.no_grad():
+            ddf = net(torch.cat([moving, fixed], dim=1))
+        if refine is not None:
+            ddf = refine(moving, fixed, ddf)
+        return {"ddf": ddf}
+
+    return register
+
+
+def _identity(moving: torch.Tensor, fixed: torch.Tensor) -> dict:
+    return {"ddf": torch.zeros(1, 3, *fixed.shape[2:])}
+
+
+def _ants_method(moving_label_holder: dict) -> Callable:
+    import ants
+
+    def register(moving: torch.Tensor, fixed: torch.Tensor) -> dict:
+        fixed_img = ants.from_numpy(fixed[0, 0].numpy().astype(np.float32))
+        moving_img = ants.from_numpy(moving[0, 0].numpy().astype(np.float32))
+        result = ants.registration(fixed_img, moving_img, type_of_transform="SyN")
+        det = ants.create_jacobian_determinant_image(fixed_img, result["fwdtransforms"][0]).numpy()
+        label = moving_label_holder.get("label")
+        warped_label = None
+        if label is not None:
+            label_img = ants.from_numpy(label[0, 0].numpy().astype(np.float32))
+            warped = ants.apply_transforms(fixed_img, label_img, result["fwdtransforms"], interpolator="nearestNeighbor")
+            warped_label = torch.as_tensor(warped.numpy())[None, None]
+        return {"det": torch.as_tensor(det)[None], "warped_label": warped_label}
+
+    return register
+
+
+def _metrics(out: dict, pair: dict, hd95: bool) -> dict:
+    from monai_sacb.metrics import (
+        compute_label_dice,
+        compute_label_hausdorff_distance,
+        jacobian_determinant,
+    )
+    from monai_sacb.networks.blocks import ddf_sampling_grid
+
+    fixed_label = pair["fixed_label"].round()
+    if out.get("warped_label") is not None:
+        warped_label = out["warped_label"].round()
+    else:
+        grid = ddf_sampling_grid(out["ddf"].float())
+        warped_label = torch.nn.functional.grid_sample(
+            pair["moving_label"], grid, mode="nearest", padding_mode="zeros", align_corners=True
+        ).round()
+    # ANTs reports its own Jacobian determinant (physical axes; the determinant does not depend on them)
+    det = (out["det"] if "det" in out else jacobian_determinant(out["ddf"])).reshape(-1).double()
+    log_det = torch.log(det.clamp_min(1e-9))
+    row = {
+        "dice": float(torch.nanmean(compute_label_dice(warped_label, fixed_label))),
+        "folding": float(100.0 * (det <= 0).double().mean()),
+        "sdlogj": float(log_det.std(unbiased=False)),
+    }
+    if hd95:
+        distances = compute_label_hausdorff_distance(warped_label, fixed_label, spacing=pair["spacing"])
+        row["hd95"] = float(torch.nanmean(distances))
+    return row
+
+
+def _summary(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    std = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(REPO / "bundle" / "models" / "model.pt"), help="SACBNet weights")
+    parser.add_argument("--voxelmorph", default="", help="weights of MONAI VoxelMorph trained by the same recipe")
+    parser.add_argument("--ants", action="store_true", help="add ANTs SyN (antspyx) with default settings")
+    parser.add_argument("--io_steps", default="default", help="instance optimisation steps ('0' leaves it out)")
+    parser.add_argument("--pairs", default="", help="JSON list of pairs (default: the held-out synth pairs)")
+    parser.add_argument("--num_pairs", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no_hd95", action="store_true", help="skip HD95 (the slowest metric)")
+    parser.add_argument("--json", default="", help="also write per-pair results to this JSON file")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+
+    pairs = _load_pairs(args)
+    methods: dict[str, Callable] = {"identity": _identity}
+    holder: dict = {}
+    if args.ants:
+        methods["ANTs SyN (defaults)"] = _ants_method(holder)
+    if args.voxelmorph:
+        methods["VoxelMorph (same recipe)"] = _network_method(_network("voxelmorph", args.voxelmorph))
+    if args.model and Path(args.model).is_file():
+        sacbnet = _network("sacbnet", args.model)
+        methods["SACBNet"] = _network_method(sacbnet)
+        if args.io_steps != "0":
+            from monai_sacb.inferers import InstanceOptimization
+
+            io = InstanceOptimization() if args.io_steps == "default" else InstanceOptimization(steps=int(args.io_steps))
+            methods["SACBNet + instance optimisation"] = _network_method(sacbnet, refine=io)
+
+    results: dict[str, list[dict]] = {name: [] for name in methods}
+    for index, pair in enumerate(pairs):
+        holder["label"] = pair["moving_label"]
+        for name, register in methods.items():
+            start = time.perf_counter()
+            out = register(pair["moving_image"], pair["fixed_image"])
+            seconds = time.perf_counter() - start
+            row = _metrics(out, pair, not args.no_hd95)
+            row["seconds"] = seconds
+            if name != "identity" and not name.startswith("ANTs"):
+                self_ddf = register(pair["fixed_image"], pair["fixed_image"])["ddf"]
+                row["self_max"] = float(self_ddf.norm(dim=1).max())
+            results[name].append(row)
+            print(f"pair {index + 1}/{len(pairs)} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), file=sys.stderr)
+
+    print(f"\n{len(pairs)} pairs, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{args.threads} threads\n")
+    columns = [("dice", "Dice"), ("hd95", "HD95 (mm)"), ("folding", "% |J|<=0"), ("sdlogj", "SDlogJ"),
+               ("seconds", "s / pair"), ("self_max", "self-registration max |u| (voxels)")]
+    print("| method | " + " | ".join(title for _, title in columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for name, rows in results.items():
+        cells = [_summary([r[key] for r in rows if key in r]) for key, _ in columns]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
