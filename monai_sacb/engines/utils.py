@@ -32,6 +32,8 @@ from monai.inferers import Inferer
 from monai.networks.blocks import Warp
 from monai.transforms import MapTransform
 
+from monai_sacb.networks.blocks import warp_with_ddf
+
 __all__ = ["PreparePairBatch", "PairInferer", "RegistrationIteration", "PairNamed", "pair_name_formatter"]
 
 
@@ -92,6 +94,13 @@ class PairInferer(Inferer):
     ``ddf = network(pair)``, optionally ``ddf = refine(moving, fixed, ddf)`` (instance optimisation), then
     ``warped = Warp(mode, padding_mode)(pair[:, :C], ddf)`` with ``C = pair.shape[1] // 2``.
 
+    With ``symmetric=True`` the network also registers the pair the other way round (one batch of 2B) and the two
+    fields are averaged as inverses of each other: ``ddf = (u_mf - u_fm(p + u_mf(p))) / 2``, where ``u_mf`` maps
+    the fixed grid into the moving image and ``u_fm`` the reverse. A bias the network has whatever the order of
+    its inputs cancels (an image registered to itself barely moves), and errors of the two passes average out;
+    it costs a second forward pass. Measured on held-out pairs with a network trained on synthesised pairs
+    (docs/accuracy.md): higher Dice, about half the SD of the log Jacobian.
+
     With ``padding_mode="border"`` (the default of ``SACBNet(warp_padding_mode=...)``) and no ``refine``,
     ``warped`` is exactly the ``warped`` output of :py:class:`monai_sacb.networks.SACBNet`. The network may be
     wrapped in ``DistributedDataParallel``: it is called, never unwrapped.
@@ -106,9 +115,12 @@ class PairInferer(Inferer):
         ``(warped, ddf)``: (B, C, *S) and (B, spatial_dims, *S).
     """
 
-    def __init__(self, mode: str = "bilinear", padding_mode: str = "border", refine: Any = None) -> None:
+    def __init__(
+        self, mode: str = "bilinear", padding_mode: str = "border", refine: Any = None, symmetric: bool = False
+    ) -> None:
         super().__init__()
         self.warp = _make_warp(mode, padding_mode)
+        self.symmetric = bool(symmetric)
         if refine is not None and not callable(refine):
             raise ValueError(f"refine must be callable as refine(moving, fixed, ddf), got {type(refine).__name__}.")
         self.refine = refine
@@ -121,8 +133,14 @@ class PairInferer(Inferer):
                 f"PairInferer expects cat([moving, fixed], dim=1) with an even number of channels, got "
                 f"{tuple(inputs.shape)}."
             )
-        ddf = network(inputs, *args, **kwargs)
         channels = inputs.shape[1] // 2
+        if self.symmetric:
+            swapped = torch.cat([inputs[:, channels:], inputs[:, :channels]], dim=1)
+            both = network(torch.cat([inputs, swapped], dim=0), *args, **kwargs)
+            forward_ddf, backward_ddf = both[: inputs.shape[0]], both[inputs.shape[0] :]
+            ddf = 0.5 * (forward_ddf - warp_with_ddf(backward_ddf, forward_ddf, padding_mode="border"))
+        else:
+            ddf = network(inputs, *args, **kwargs)
         moving = inputs[:, :channels]
         if self.refine is not None:
             ddf = self.refine(moving, inputs[:, channels:], ddf).to(ddf.dtype)

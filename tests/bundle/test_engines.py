@@ -80,7 +80,7 @@ def test_key_metric_tracker_round_trip(tmp_path):
 
 def test_data_format_errors(tmp_path):
     assert check_data_format("LPBA40") == "lpba40"
-    with pytest.raises(ValueError, match="unknown data format 'oasis'; valid: default, learn2reg"):
+    with pytest.raises(ValueError, match="unknown data format 'oasis'; valid: default, synth, learn2reg"):
         bundle_datalist("oasis", tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
         bundle_datalist("learn2reg", tmp_path / "nothing")
@@ -89,3 +89,45 @@ def test_data_format_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="--fixed_image: file not found"):
         (tmp_path / "a.nii.gz").touch()
         inference_datalist(str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz"))
+
+
+class _Constant(torch.nn.Module):
+    """A 'network' that predicts the same ddf whatever the order of its inputs (a pure bias)."""
+
+    def forward(self, pair):
+        ddf = torch.zeros(pair.shape[0], 3, *pair.shape[2:])
+        ddf[:, 0] = 1.5
+        ddf[:, 2] = -0.5
+        return ddf
+
+
+class _Translation(torch.nn.Module):
+    """Registers by a known translation: +t for (moving, fixed) = (a, b), -t for (b, a) (exact inverses)."""
+
+    def __init__(self, reference):
+        super().__init__()
+        self.reference = reference
+
+    def forward(self, pair):
+        sign = torch.where(torch.isclose(pair[:, :1], self.reference).flatten(1).all(1), 1.0, -1.0)
+        ddf = torch.zeros(pair.shape[0], 3, *pair.shape[2:])
+        ddf[:, 1] = 2.0 * sign.view(-1, 1, 1, 1)
+        return ddf
+
+
+def test_symmetric_inference_cancels_an_order_independent_bias():
+    pair = torch.rand(2, 2, 8, 8, 8)
+    _, plain = PairInferer()(pair, _Constant())
+    _, symmetric = PairInferer(symmetric=True)(pair, _Constant())
+    assert float(plain.abs().max()) == 1.5
+    torch.testing.assert_close(symmetric, torch.zeros_like(symmetric), atol=1e-6, rtol=0)
+
+
+def test_symmetric_inference_keeps_inverse_consistent_fields():
+    moving, fixed = torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8)
+    pair = torch.cat([moving, fixed], dim=1)
+    warped, ddf = PairInferer(symmetric=True)(pair, _Translation(moving))
+    expected = torch.zeros_like(ddf)
+    expected[:, 1] = 2.0
+    torch.testing.assert_close(ddf, expected)
+    torch.testing.assert_close(warped, PairInferer()(pair, _Translation(moving))[0])
