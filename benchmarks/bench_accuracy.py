@@ -3,7 +3,8 @@
 """
 Registration accuracy on held-out pairs, every method side by side in one run: no registration (identity), ANTs SyN
 with default settings (antspyx, ``pip install -e ".[bench]"``), MONAI VoxelMorph and SACBNet trained with the same
-recipe, and SACBNet followed by instance optimisation.
+recipe (each plain and with the bundle's symmetric inference, ``PairInferer(symmetric=True)``), and SACBNet followed
+by instance optimisation.
 
 Pairs: by default the held-out validation pairs of the label-synthesis dataset (FSL MNI152 T1 with the
 Desikan-Killiany parcellation, a template and a parcellation that training never saw, both sides deformed
@@ -74,12 +75,15 @@ def _network(kind: str, path: str) -> torch.nn.Module:
     return net.eval()
 
 
-def _network_method(net: torch.nn.Module, refine: Callable | None = None) -> Callable:
+def _network_method(net: torch.nn.Module, symmetric: bool = False, refine: Callable | None = None) -> Callable:
+    """Registration by the bundle's inferer: the network, optionally both ways averaged, optionally refined."""
+    from monai_sacb.engines import PairInferer
+
+    inferer = PairInferer(symmetric=symmetric, refine=refine)
+
     def register(moving: torch.Tensor, fixed: torch.Tensor) -> dict:
         with torch.no_grad():
-            ddf = net(torch.cat([moving, fixed], dim=1))
-        if refine is not None:
-            ddf = refine(moving, fixed, ddf)
+            _, ddf = inferer(torch.cat([moving, fixed], dim=1), net)
         return {"ddf": ddf}
 
     return register
@@ -151,7 +155,9 @@ def main() -> None:
     parser.add_argument("--model", default=str(REPO / "bundle" / "models" / "model.pt"), help="SACBNet weights")
     parser.add_argument("--voxelmorph", default="", help="weights of MONAI VoxelMorph trained by the same recipe")
     parser.add_argument("--ants", action="store_true", help="add ANTs SyN (antspyx) with default settings")
-    parser.add_argument("--io_steps", default="default", help="instance optimisation steps ('0' leaves it out)")
+    parser.add_argument(
+        "--io_steps", default="default", help="instance optimisation steps per level, e.g. '[100, 50, 10]' ('0': none)"
+    )
     parser.add_argument("--pairs", default="", help="JSON list of pairs (default: the held-out synth pairs)")
     parser.add_argument("--num_pairs", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
@@ -167,15 +173,19 @@ def main() -> None:
     if args.ants:
         methods["ANTs SyN (defaults)"] = _ants_method(holder)
     if args.voxelmorph:
-        methods["VoxelMorph (same recipe)"] = _network_method(_network("voxelmorph", args.voxelmorph))
+        voxelmorph = _network("voxelmorph", args.voxelmorph)
+        methods["VoxelMorph (same recipe)"] = _network_method(voxelmorph)
+        methods["VoxelMorph, symmetric"] = _network_method(voxelmorph, symmetric=True)
     if args.model and Path(args.model).is_file():
         sacbnet = _network("sacbnet", args.model)
         methods["SACBNet"] = _network_method(sacbnet)
+        methods["SACBNet, symmetric (bundle default)"] = _network_method(sacbnet, symmetric=True)
         if args.io_steps != "0":
             from monai_sacb.inferers import InstanceOptimization
 
-            io = InstanceOptimization() if args.io_steps == "default" else InstanceOptimization(steps=int(args.io_steps))
-            methods["SACBNet + instance optimisation"] = _network_method(sacbnet, refine=io)
+            steps = json.loads(args.io_steps) if args.io_steps != "default" else None
+            io = InstanceOptimization() if steps is None else InstanceOptimization(steps=steps)
+            methods["SACBNet, symmetric + instance optimisation"] = _network_method(sacbnet, True, io)
 
     results: dict[str, list[dict]] = {name: [] for name in methods}
     for index, pair in enumerate(pairs):
