@@ -61,6 +61,20 @@ def _existing_file(path: PathLike, what: str = "file") -> str:
     return path
 
 
+def _read_json(path: PathLike, what: str) -> object:
+    """The content of a JSON file; a ``ValueError`` naming the file, the line and the column when it is not JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{what} {path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}. Fix the "
+            "syntax there (a missing comma or quote, a trailing comma, a comment: JSON allows none of these)."
+        ) from error
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} {path} is not a UTF-8 text file ({error}); is it the right file?") from error
+
+
 def _existing_dir(path: PathLike, what: str = "folder") -> Path:
     path = Path(os.path.expanduser(os.fspath(path))).absolute()
     if not path.is_dir():
@@ -189,8 +203,7 @@ def learn2reg_datalist(
     """
     json_path = _find_learn2reg_json(task_dir)
     base = json_path.parent
-    with open(json_path) as f:
-        content = json.load(f)
+    content = _read_json(json_path, "Learn2Reg dataset JSON")
     if not isinstance(content, dict):
         raise ValueError(f"Learn2Reg dataset JSON {json_path} must hold a JSON object.")
     section = _normalize_section(section)
@@ -342,12 +355,12 @@ def json_datalist(path: PathLike, key: str = "training", base_dir: PathLike | No
 
     Raises:
         FileNotFoundError: the JSON, or a file it names, is missing (the message names it).
-        ValueError: ``key`` is not in the JSON, or an entry lacks ``moving_image``/``fixed_image``, or has one
+        ValueError: the file is not valid JSON (the message gives the line and column), ``key`` is not in the
+            JSON, or an entry lacks ``moving_image``/``fixed_image``, or has one
             label key without the other.
     """
     json_path = Path(_existing_file(path, "JSON datalist"))
-    with open(json_path) as f:
-        content = json.load(f)
+    content = _read_json(json_path, "JSON datalist")
     if isinstance(content, dict):
         if key not in content:
             raise ValueError(f"JSON datalist {json_path} has no key {key!r} (keys found: {sorted(content)}).")

@@ -60,6 +60,7 @@ def bundle_datalist(
     num_samples: int = 32,
     num_pairs: int | None = None,
     spacing: float | Sequence[float] | None = None,
+    require_labels: bool = False,
     **kwargs: Any,
 ) -> list[dict]:
     """
@@ -73,10 +74,14 @@ def bundle_datalist(
         num_pairs: keep at most this many pairs (``None``: all); for ``"default"`` validation, the number of
             seeded pairs prepared.
         spacing: ``"default"`` only: voxel size of the prepared dataset (one number; default 2.0 mm).
+        require_labels: every pair must have ``moving_label`` and ``fixed_label`` (the validation of
+            ``train.json``, whose key metric is the Dice of the warped labels): checked here, before training
+            starts, instead of failing after a whole epoch.
         kwargs: further arguments of :py:func:`monai_sacb.data.make_datalist` (e.g. ``pairing="atlas"``).
 
     Raises:
-        ValueError: unknown format, missing ``dataset_dir``, or an empty datalist (the message says which).
+        ValueError: unknown format, missing ``dataset_dir``, an empty datalist, or pairs without labels when
+            ``require_labels`` (the message says which).
     """
     fmt = check_data_format(data_format)
     if fmt == "synth":
@@ -109,7 +114,33 @@ def bundle_datalist(
         raise ValueError(
             f"the {section!r} datalist of data format {fmt!r} in {dataset_dir!r} is empty; check --dataset_dir."
         )
+    if require_labels:
+        _check_labels(data, fmt, dataset_dir, section)
     return data
+
+
+_LABEL_HINTS = {
+    "folder": "put the label maps in a labels/ folder next to the images (same file names)",
+    "json": "give 'moving_label' and 'fixed_label' in every entry of the JSON datalist",
+    "learn2reg": "give a 'label' for the images of 'training' in the dataset JSON, or labelsTr/ files",
+    "ixi": "convert the IXI pickles with their label maps (python -m monai_sacb.data.ixi)",
+    "lpba40": "keep the label files of the LPBA40 release next to the images",
+}
+
+
+def _check_labels(data: list[dict], fmt: str, dataset_dir: Any, section: str) -> None:
+    """A ``ValueError`` naming the data, the first pair without labels and the fix, when a pair lacks labels."""
+    keys = ("moving_label", "fixed_label")
+    missing = [i for i, item in enumerate(data) if not all(item.get(k) for k in keys)]
+    if not missing:
+        return
+    first = data[missing[0]]
+    example = {k: first.get(k) for k in ("moving_image", "fixed_image", *keys) if k in first}
+    raise ValueError(
+        f"{len(missing)} of the {len(data)} {section} pairs of data format {fmt!r} in {dataset_dir!r} have no "
+        f"label maps (first: {example}), but validation scores the warped labels (val_mean_dice, the key metric "
+        f"that selects model.pt). Give labels: {_LABEL_HINTS.get(fmt, 'add moving_label and fixed_label')}."
+    )
 
 
 def _voxel(spacing: float | Sequence[float] | None) -> float:
@@ -139,6 +170,8 @@ def bundle_transforms(
     intensity: str | Sequence[float] | None = "percentile",
     resample_to_fixed: bool = False,
     labels: bool = True,
+    spatial_dims: int | None = 3,
+    channels: int | None = 1,
 ) -> Compose:
     """
     Transforms that turn an item of :py:func:`bundle_datalist` into a pair ``{"moving_image", "fixed_image",
@@ -153,12 +186,19 @@ def bundle_transforms(
             formats; the default data is in [0, 1] already.
         resample_to_fixed: resample the moving image onto the fixed grid (pairs from different grids).
         labels: also read the label maps when the datalist has them.
+        spatial_dims, channels: dimensionality and channel count every file must have (the network's
+            ``spatial_dims`` and ``in_channels``); a file that differs is refused by name.
     """
     fmt = check_data_format(data_format)
     label_keys = ("moving_label", "fixed_label") if labels else None
     if fmt not in GENERATED_FORMATS:
         return pair_preprocessing(
-            label_keys=label_keys, spacing=spacing, intensity=intensity, resample_to_fixed=resample_to_fixed
+            label_keys=label_keys,
+            spacing=spacing,
+            intensity=intensity,
+            resample_to_fixed=resample_to_fixed,
+            spatial_dims=spatial_dims,
+            channels=channels,
         )
     voxel = _voxel(spacing)
     if fmt == "synth" and section in ("training", "train"):
@@ -177,7 +217,9 @@ def bundle_transforms(
                 pair_preprocessing(label_keys=label_keys, spacing=None, intensity=None, load=False),
             ]
         )
-    return pair_preprocessing(label_keys=label_keys, spacing=None, intensity=None)
+    return pair_preprocessing(
+        label_keys=label_keys, spacing=None, intensity=None, spatial_dims=spatial_dims, channels=channels
+    )
 
 
 def inference_datalist(

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .check import CheckPaird
+from .check import CheckInputsd, CheckLabelGridd, CheckPaird
 from .deformation import RandSmoothDeformd, RandSyntheticPaird, random_smooth_ddf, random_smooth_field
 from .io import LoadPaird
 from .labels import (

@@ -22,7 +22,7 @@ from monai.transforms import (
 )
 from monai.transforms.transform import MapTransform
 
-from monai_sacb.transforms.check import CheckPaird
+from monai_sacb.transforms.check import CheckInputsd, CheckLabelGridd, CheckPaird
 from monai_sacb.transforms.io import LoadPaird
 
 __all__ = ["pair_preprocessing", "INTENSITY_OPTIONS"]
@@ -69,14 +69,21 @@ def pair_preprocessing(
     check: bool = True,
     check_affine: bool = True,
     affine_atol: float = 1e-3,
+    spatial_dims: int | None = 3,
+    channels: int | None = 1,
 ) -> Compose:
     """
     Build the preprocessing of a registration pair so that moving and fixed (and their labels) end on one
     voxel grid, ready for ``SACBNet``:
 
-        LoadPaird (errors name key and file) -> Orientationd -> Spacingd (images bilinear, labels nearest)
+        LoadPaird (errors name key and file) -> CheckInputsd (each file as read) -> Orientationd
+        -> CheckLabelGridd (each label on its own image's grid) -> Spacingd (images bilinear, labels nearest)
         -> [ResampleToMatchd moving onto fixed] -> intensity normalisation (images only)
         -> DivisiblePadd(k=divisible) -> EnsureTyped(float32) -> CheckPaird
+
+    Every input is checked where it enters, before anything is resampled or scaled, and refused with a message
+    naming the key, the file and the fix: dimensionality and channels of each file, NaN/infinite values counted
+    in the file, label maps integer-valued, each label on the grid of its own image (shape, world position).
 
     Input: a dictionary of file paths (or, with ``load=False``, channel-first arrays/MetaTensors) under
     ``image_keys`` (moving first, fixed second) and optional ``label_keys`` (same order; missing labels are
@@ -99,8 +106,12 @@ def pair_preprocessing(
             rejected by the final check.
         load: start with ``LoadPaird`` (paths in the dictionary). False when the items are already arrays.
         reader: reader for ``LoadPaird`` (e.g. ``"NibabelReader"``, ``"ITKReader"``); None lets MONAI choose.
-        check: end with :py:class:`CheckPaird` (same grid, labels match, finite intensities).
-        check_affine, affine_atol: passed to ``CheckPaird``.
+        check: check the inputs (:py:class:`CheckInputsd`, :py:class:`CheckLabelGridd` at the start) and end with
+            :py:class:`CheckPaird` (same grid, labels match, finite intensities).
+        check_affine, affine_atol: passed to ``CheckPaird`` (``check_affine`` also to ``CheckLabelGridd``).
+        spatial_dims: spatial dimensions every file must have (None: not checked); 3 for the 3D network.
+        channels: channels every image must have after loading (None: not checked); the network's
+            ``in_channels``. Label maps must have one.
 
     Returns:
         a ``monai.transforms.Compose``; usable as ``_target_`` in a bundle config.
@@ -118,8 +129,18 @@ def pair_preprocessing(
         transforms.append(LoadPaird(image_keys, reader=reader, ensure_channel_first=True))
         if label_keys:
             transforms.append(LoadPaird(label_keys, reader=reader, ensure_channel_first=True, allow_missing_keys=True))
+    if check:
+        # files can be anything; arrays made in memory (synthetic pairs) are label maps by construction
+        max_labels = 1000 if load else None
+        transforms.append(
+            CheckInputsd(
+                image_keys, label_keys or None, spatial_dims=spatial_dims, channels=channels, max_labels=max_labels
+            )
+        )
     if orientation:
         transforms.append(Orientationd(all_keys, axcodes=orientation, labels=None, allow_missing_keys=True))
+    if check and label_keys:
+        transforms.append(CheckLabelGridd(image_keys, label_keys, check_affine=check_affine))
     if spacing is not None:
         transforms.append(Spacingd(all_keys, pixdim=spacing, mode=modes, allow_missing_keys=True))
     if resample_to_fixed:

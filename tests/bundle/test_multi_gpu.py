@@ -43,3 +43,8 @@ def test_multi_gpu_override_with_torchrun_gloo(tmp_path, tiny_cache):
     assert state["trainer"]["iteration"] == 2
     assert not any(k.startswith("module.") for k in state["model"])
     assert (tmp_path / "models" / "model.pt").is_file()
+    # rank 0 alone commits the validation (gathered over both ranks) and writes model.pt from it
+    assert state["key_metric"]["best_epoch"] == 1 and len(state["key_metric"]["history"]) == 1
+    best = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(best[k], v) for k, v in state["model"].items())
+    assert not list((tmp_path / "models").glob(".*.tmp"))

@@ -26,7 +26,8 @@ def _workflow(config_file, workflow_type, **overrides):
 @pytest.mark.parametrize("config_file, workflow_type", [(TRAIN, "train"), (INFERENCE, "infer")])
 def test_config_properties(config_file, workflow_type, tmp_path):
     os.makedirs(tmp_path / "models")
-    torch.save({"model": SACBNetDDF().state_dict()}, tmp_path / "models" / "model.pt")  # inference loads it
+    if workflow_type == "infer":  # inference loads it (training refuses a model.pt without checkpoints)
+        torch.save({"model": SACBNetDDF().state_dict()}, tmp_path / "models" / "model.pt")
     workflow = _workflow(config_file, workflow_type, bundle_root=str(tmp_path))
     workflow.initialize()
     missing_optional = workflow.check_properties()  # raises when a required property is missing

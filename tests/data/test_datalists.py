@@ -331,3 +331,20 @@ def test_bundle_config_expressions(tmp_path):
     assert len(parser.get_parsed_content("datalist")) == 12
     dataset = parser.get_parsed_content("dataset")
     assert len(dataset) == 3 and {s["image"] for s in dataset.subjects} == set(images)
+
+
+def test_json_syntax_errors_name_the_file_line_and_column(tmp_path):
+    datalist = tmp_path / "pairs.json"
+    datalist.write_text('{"training": [\n  {"moving_image": "a.nii.gz" "fixed_image": "b.nii.gz"}\n]}\n')
+    expected = r"JSON datalist .*pairs\.json is not valid JSON: Expecting ',' delimiter at line 2, column 31"
+    with pytest.raises(ValueError, match=expected):
+        json_datalist(datalist)
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "Tiny_dataset.json").write_text('{"training": [],}')
+    expected = r"Learn2Reg dataset JSON .*Tiny_dataset\.json is not valid JSON: .* line 1, column 17"
+    with pytest.raises(ValueError, match=expected):
+        learn2reg_datalist(task)
+    (task / "Tiny_dataset.json").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=r"Tiny_dataset\.json is not a UTF-8 text file"):
+        learn2reg_datalist(task)

@@ -223,6 +223,62 @@ def test_wrong_ndim():
         SACBNet(spatial_dims=2)(torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32))
 
 
+def test_non_finite_input_is_refused_with_a_count():
+    net = _net(num_clusters=3, kmeans_iters=2)
+    moving, fixed = _pair((1, 1, 32, 32, 32), seed=20)
+    moving[0, 0, 3, 4, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"moving holds 1 non-finite values \(1 NaN, 0 infinite") as info:
+        net(moving, fixed)
+    assert "allow_nonfinite=True" in str(info.value) and "nan_to_num" in str(info.value)
+    fixed[0, 0, :2, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"fixed holds 2 non-finite values \(0 NaN, 2 infinite"):
+        net(torch.nan_to_num(moving), fixed)
+    with pytest.raises(ValueError, match="non-finite"):  # the single-input form checks the same
+        SACBNetDDF(num_clusters=3, kmeans_iters=2)(torch.cat([moving, fixed], dim=1))
+    # float64 values beyond the float32 range become infinite in the network's dtype: refused too
+    big = torch.full((1, 1, 32, 32, 32), 1e300, dtype=torch.float64)
+    with pytest.raises(ValueError, match="32768 non-finite values"):
+        net(big, big)
+    # the option lets them through (the caller then owns the NaN output)
+    lenient = _net(num_clusters=3, kmeans_iters=2, allow_nonfinite=True)
+    with torch.no_grad():
+        _, ddf = lenient(moving, torch.nan_to_num(fixed))
+    assert torch.isnan(ddf).float().mean() > 0.9  # one NaN voxel spoils (nearly) the whole field
+
+
+def test_empty_batch_is_refused():
+    moving, fixed = _pair((0, 1, 32, 32, 32))
+    with pytest.raises(ValueError, match="empty batch"):
+        SACBNet(num_clusters=3)(moving, fixed)
+    with pytest.raises(ValueError, match="empty batch"):
+        SACBNetDDF(num_clusters=3)(torch.cat([moving, fixed], dim=1))
+
+
+@pytest.mark.parametrize(
+    "moving_dtype, fixed_dtype",
+    [(torch.int16, torch.float32), (torch.float16, torch.float32), (torch.float64, torch.float64),
+     (torch.float32, torch.float64), (torch.uint8, torch.int32), (torch.bool, torch.float16)],
+)
+def test_input_dtypes_are_converted_to_the_weights_dtype(moving_dtype, fixed_dtype):
+    net = _net(num_clusters=3, kmeans_iters=2)
+    generator = torch.Generator().manual_seed(21)
+    # values exactly representable in every dtype of the test (small integers; 0/1 for bool)
+    top = 2 if torch.bool in (moving_dtype, fixed_dtype) else 100
+    moving = torch.randint(0, top, (1, 1, 32, 32, 32), generator=generator)
+    fixed = torch.randint(0, top, (1, 1, 32, 32, 32), generator=generator)
+    with torch.no_grad():
+        ref_warped, ref_ddf = net(moving.float(), fixed.float())
+        warped, ddf = net(moving.to(moving_dtype), fixed.to(fixed_dtype))
+    assert warped.dtype == ddf.dtype == torch.float32
+    assert torch.equal(ddf, ref_ddf) and torch.equal(warped, ref_warped)
+
+
+def test_complex_input_is_refused():
+    moving, fixed = _pair((1, 1, 32, 32, 32))
+    with pytest.raises(ValueError, match="real-valued.*complex64"):
+        SACBNet(num_clusters=3)(moving.to(torch.complex64), fixed)
+
+
 # ---------------------------------------------------------------------------------------------------- SACBNetDDF
 
 

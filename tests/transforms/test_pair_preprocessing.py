@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from monai_sacb.transforms import CheckPaird, LoadPaird, pair_preprocessing
+from monai_sacb.transforms import CheckInputsd, CheckLabelGridd, CheckPaird, LoadPaird, pair_preprocessing
 
 # voxel axes (i, j, k) -> world: i goes inferior->superior (1.2 mm), j right->left (1.5 mm, flipped),
 # k posterior->anterior (2.5 mm): permuted, flipped and anisotropic, with a translation.
@@ -233,3 +233,69 @@ def test_warped_output_inverts_to_the_original_fixed_grid(pair):
     fixed_file = nib.load(pair["fixed_label"])
     assert restored["warped_label"].shape[1:] == fixed_file.shape
     assert np.allclose(restored["warped_label"].affine.numpy(), fixed_file.affine, atol=1e-4)
+
+
+# ------------------------------------------------------------------------- checks where the inputs enter
+
+
+def _entry(affine=None, label_affine=None, shape=(1, 12, 10, 8), label_shape=None, label_values=None):
+    image = MetaTensor(torch.rand(shape), affine=affine, meta={"filename_or_obj": "img.nii.gz"})
+    label = torch.zeros(label_shape or shape) if label_values is None else label_values
+    label = MetaTensor(label, affine=label_affine if label_affine is not None else affine)
+    label.meta["filename_or_obj"] = "seg.nii.gz"
+    return {"moving_image": image, "moving_label": label}
+
+
+def test_label_grid_accepts_half_a_voxel_and_refuses_more():
+    affine = torch.diag(torch.tensor([1.5, 1.5, 2.0, 1.0], dtype=torch.float64))
+    near = affine.clone()
+    near[0, 3] = 0.7  # under half of the 1.5 mm voxel: the same voxels
+    check = CheckLabelGridd(("moving_image", "fixed_image"), ("moving_label", "fixed_label"))
+    check(_entry(affine, near))
+    far = affine.clone()
+    far[0, 3] = 3.0
+    with pytest.raises(ValueError, match=r"seg\.nii\.gz'\) is not on the grid .* up to 3\.0 mm .* overlap 82 %"):
+        check(_entry(affine, far))
+    CheckLabelGridd(("moving_image", "fixed_image"), ("moving_label", "fixed_label"), check_affine=False)(
+        _entry(affine, far)
+    )
+    with pytest.raises(ValueError, match=r"has spatial shape \(12, 10, 9\) but its image"):
+        check(_entry(affine, label_shape=(1, 12, 10, 9)))
+
+
+def test_entry_check_of_label_values_and_channels():
+    check = CheckInputsd(("moving_image", "fixed_image"), ("moving_label", "fixed_label"), max_labels=50)
+    codes = torch.randint(0, 40, (1, 12, 10, 8)).float()  # integer codes stored as float: fine
+    check(_entry(label_values=codes))
+    check(_entry(label_values=codes.to(torch.int16)))
+    with pytest.raises(ValueError, match=r"seg\.nii\.gz'\) is not a label map: 1 of its 960 voxels"):
+        check(_entry(label_values=codes + _one_fraction(codes)))
+    with pytest.raises(ValueError, match=r"holds 120 or more distinct values, more than max_labels=50"):
+        check(_entry(label_values=torch.arange(960.0).reshape(1, 12, 10, 8) // 8))
+    with pytest.raises(ValueError, match=r"moving_label \('seg\.nii\.gz'\) has 2 channels .* a label map has one"):
+        check(_entry(label_values=torch.zeros(2, 12, 10, 8)))
+    nan_label = codes.clone()
+    nan_label[0, 1, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"moving_label \('seg\.nii\.gz'\) has 1 NaN or infinite voxel values"):
+        check(_entry(label_values=nan_label))
+    with pytest.raises(ValueError, match=r"moving_image \('img\.nii\.gz'\) has 2 channels .* in_channels=2"):
+        check(_entry(shape=(2, 12, 10, 8), label_shape=(1, 12, 10, 8)))
+    CheckInputsd(spatial_dims=None, channels=None)(_entry(shape=(2, 12, 10), label_shape=(1, 12, 10)))
+
+
+def _one_fraction(codes):
+    """Zeros like ``codes`` except one voxel at 0.5."""
+    out = torch.zeros_like(codes)
+    out[0, 2, 3, 4] = 0.5
+    return out
+
+
+def test_pair_preprocessing_checks_labels_before_resampling(pair, tmp_path):
+    image, label = _volume(3)
+    far = AFFINE.copy()
+    far[:3, 3] += 1000.0
+    pair["moving_label"] = _write(tmp_path / "far_seg.nii.gz", label, far)
+    with pytest.raises(Exception) as info:
+        pair_preprocessing(spacing=2.0, resample_to_fixed=True)(pair)
+    message = _messages(info.value)
+    assert "far_seg.nii.gz" in message and "is not on the grid of its image moving_image" in message

@@ -46,6 +46,15 @@ class SACBNet(nn.Module):
             and then assigns every voxel (``None``: fit on all voxels, like the published code; slower).
         warp_padding_mode: padding of the final warp of the moving image ("border", like ``Warp()``, or "zeros",
             like the published code). Feature and flow warps inside the network always use zero padding.
+        allow_nonfinite: accept inputs holding NaN or infinite values. Off by default: a single NaN voxel spreads
+            through the k-means and the convolutions into an all-NaN ddf (and a plausible-looking constant
+            warped image), so ``forward`` raises a ``ValueError`` that counts the bad values instead. Set True
+            only when the caller handles non-finite outputs itself (the check is skipped while tracing/exporting).
+
+    Inputs are checked on every call: shapes (see ``forward``), a batch of at least one pair, finite values
+    (unless ``allow_nonfinite``), and dtype: integer, boolean and floating inputs of another precision are
+    converted to the dtype of the network's weights (to float32 under ``torch.autocast``), so a float64 or int16
+    pair works with a float32 network; complex inputs are refused.
 
     Example::
 
@@ -68,6 +77,7 @@ class SACBNet(nn.Module):
         kmeans_seed: int = 0,
         kmeans_max_points: int | None = 16384,
         warp_padding_mode: str = "border",
+        allow_nonfinite: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -90,6 +100,7 @@ class SACBNet(nn.Module):
             conv(widths[0], spatial_dims),
         )
         self.warp_padding_mode = warp_padding_mode
+        self.allow_nonfinite = bool(allow_nonfinite)
         # channels-last kernels are markedly faster for these narrow convolutions; a channels-last weight makes
         # every convolution keep that layout, even after a one-channel input
         self.to(memory_format=self._memory_format)
@@ -111,12 +122,43 @@ class SACBNet(nn.Module):
                 f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must have the same shape: resample "
                 "the pair onto one grid first (e.g. monai.transforms.Spacingd / ResampleToMatchd)."
             )
+        if fixed.shape[0] == 0:
+            raise ValueError(
+                f"SACBNet got an empty batch (shape {tuple(fixed.shape)}): pass at least one pair (an empty batch "
+                "usually comes from an empty dataset or a sampler that gave this process no items)."
+            )
         bad = [s for s in fixed.shape[2:] if s % SIZE_DIVISOR]
         if bad:
             raise ValueError(
                 f"SACBNet needs spatial sizes divisible by {SIZE_DIVISOR} (four 2x poolings), got "
                 f"{tuple(fixed.shape[2:])}: pad or crop the images, e.g. monai.transforms.DivisiblePad(k={SIZE_DIVISOR})."
             )
+
+    def _prepare_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked inputs in the dtype the layers take (see the class docstring)."""
+        self._check_inputs(moving, fixed)
+        for name, image in (("moving", moving), ("fixed", fixed)):
+            if image.is_complex():
+                raise ValueError(
+                    f"SACBNet takes real-valued images, got {name} of dtype {image.dtype}: pass the magnitude "
+                    "(image.abs()) or the real part."
+                )
+        if torch.is_autocast_enabled(fixed.device.type):
+            dtype = torch.float32  # autocast casts for each layer; k-means and matching run in float32
+        else:
+            dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
+        moving, fixed = moving.to(dtype), fixed.to(dtype)
+        if not self.allow_nonfinite and not is_exporting():
+            for name, image in (("moving", moving), ("fixed", fixed)):
+                if bool(torch.isfinite(image).all()):
+                    continue
+                bad, nan = int((~torch.isfinite(image)).sum()), int(torch.isnan(image).sum())
+                raise ValueError(
+                    f"{name} holds {bad} non-finite values ({nan} NaN, {bad - nan} infinite, counted in {dtype}): one "
+                    "is enough to make the whole ddf NaN. Replace them (e.g. torch.nan_to_num) or fix the source "
+                    "image; SACBNet(allow_nonfinite=True) skips this check."
+                )
+        return moving, fixed
 
     def _upsample(self, flow: torch.Tensor) -> torch.Tensor:
         """Flow on one level -> flow on the next finer level (x2 in size and in voxel units)."""
@@ -143,9 +185,15 @@ class SACBNet(nn.Module):
 
         Returns:
             ``(warped, ddf)``: the moving image warped onto the fixed image, (B, in_channels, *S), and the dense
-            displacement field in voxels, (B, spatial_dims, *S), float32 under autocast.
+            displacement field in voxels, (B, spatial_dims, *S), both in the dtype of the weights (float32 under
+            autocast).
+
+        Raises:
+            ValueError: wrong number of dimensions or channels, moving and fixed of different shapes, an empty
+                batch, sizes not divisible by 16, complex values, or NaN/infinite values (unless
+                ``allow_nonfinite``); the message says how to fix the input.
         """
-        self._check_inputs(moving, fixed)
+        moving, fixed = self._prepare_inputs(moving, fixed)
         batch = fixed.shape[0]
         # moving and fixed share every layer; one batch of 2B runs each layer once
         pyramid = self.encoder(torch.cat([fixed, moving], dim=0).contiguous(memory_format=self._memory_format))
