@@ -24,6 +24,8 @@ def tiny_overrides(bundle_root: Path, cache: Path, **kwargs) -> dict:
     """Overrides of train.json for a run of a few iterations on the tiny default data."""
     overrides = {
         "bundle_root": str(bundle_root),
+        "ckpt_dir": str(Path(bundle_root) / "models"),
+        "data_format": "default",
         "dataset_dir": str(cache),
         "spacing": SPACING,
         "max_epochs": 2,

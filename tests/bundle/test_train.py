@@ -28,7 +28,7 @@ def test_config_properties(config_file, workflow_type, tmp_path):
     os.makedirs(tmp_path / "models")
     if workflow_type == "infer":  # inference loads it (training refuses a model.pt without checkpoints)
         torch.save({"model": SACBNetDDF().state_dict()}, tmp_path / "models" / "model.pt")
-    workflow = _workflow(config_file, workflow_type, bundle_root=str(tmp_path))
+    workflow = _workflow(config_file, workflow_type, bundle_root=str(tmp_path), data_format="default")
     workflow.initialize()
     missing_optional = workflow.check_properties()  # raises when a required property is missing
     assert missing_optional is None or isinstance(missing_optional, list)
@@ -119,3 +119,16 @@ def test_checkpoint_of_another_network_fails_at_once(tmp_path, tiny_cache):
     other_ckpt = str(tmp_path / "other.pt")
     _assert_fails("was not saved from this network", INFERENCE, "infer", bundle_root=str(tmp_path), ckpt_path=other_ckpt)
     _assert_fails("checkpoint not found", INFERENCE, "infer", bundle_root=str(tmp_path / "empty"))
+
+
+def test_main_job_data_trains_and_validates_on_held_out_anatomy(tmp_path):
+    """The main job's data format at 8 mm: label-synthesised training pairs, held-out validation pairs."""
+    root = tmp_path / "bundle"
+    overrides = tiny_overrides(root, tmp_path / "cache", max_epochs=1, num_samples=2)
+    overrides.update(data_format="synth", ckpt_dir=str(root / "runs"))
+    workflow = run_workflow(TRAIN, **overrides)
+    metrics = workflow.parser.get_parsed_content("validate#evaluator").state.metrics
+    assert set(metrics) >= {"val_mean_dice", "val_identity_dice", "val_folding_percent", "val_sd_log_jacobian"}
+    assert 0.0 < metrics["val_identity_dice"] < 1.0
+    assert (root / "runs" / "model.pt").is_file() and (root / "runs" / "checkpoint_epoch=1.pt").is_file()
+    assert not (root / "models").exists()  # the shipped model's folder is never written by training
