@@ -313,7 +313,7 @@ class RandLabelSynthPaird(RandomizableTransform, MapTransform):
         if any(self.affine):
             rotation, scaling, translation = self.affine
             affine = random_affine_ddf(spatial_shape, rotation, scaling, translation, rng=self.R, device=device)
-            # compose: first the affine residue, then the nonlinear part: p -> p + ddf(p) -> ... + affine(...)
+            # composed displacement: side(p) = source(q + affine(q)) with q = p + ddf(p)
             ddf = ddf + _sample(affine, ddf, "bilinear", "border")
         return ddf
 
