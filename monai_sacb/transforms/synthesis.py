@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type
 
-from monai_sacb.networks.blocks.warp import ddf_sampling_grid
+from monai_sacb.networks.blocks.warp import ddf_sampling_grid, resize_ddf
 from monai_sacb.transforms.deformation import random_smooth_field
 
 __all__ = [
@@ -65,15 +65,6 @@ def integrate_velocity(velocity: torch.Tensor, num_steps: int = 7) -> torch.Tens
     return ddf
 
 
-def _resize_ddf(ddf: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
-    """(dims, *s) displacement in voxels of its grid -> the same map on a grid of ``spatial_shape`` (both grids
-    spanning the same extent, align_corners=True), in voxels of the new grid."""
-    mode = "trilinear" if ddf.ndim == 4 else "bilinear"
-    out = F.interpolate(ddf[None], size=tuple(spatial_shape), mode=mode, align_corners=True)[0]
-    factors = [(new - 1) / max(old - 1, 1) for old, new in zip(ddf.shape[1:], spatial_shape)]
-    return out * torch.tensor(factors, dtype=out.dtype, device=out.device).view(-1, *[1] * len(factors))
-
-
 def random_velocity_ddf(
     spatial_shape: Sequence[int],
     scales: Sequence[Sequence[float]] = ((12.0, 6.0), (5.0, 2.0)),
@@ -111,10 +102,10 @@ def random_velocity_ddf(
         field = random_smooth_field(coarse, ndim, max(float(spacing) * ratio, 1.0), rng=rng, device=device)
         magnitude = rng.uniform(0.3, 1.0) * float(peak) * ratio
         velocity += field * (magnitude / field.square().sum(0).max().sqrt().clamp(min=1e-12))
-    ddf = _resize_ddf(integrate_velocity(velocity, num_steps), spatial_shape)
+    ddf = resize_ddf(integrate_velocity(velocity, num_steps)[None], spatial_shape)[0]
     if not return_inverse:
         return ddf
-    return ddf, _resize_ddf(integrate_velocity(-velocity, num_steps), spatial_shape)
+    return ddf, resize_ddf(integrate_velocity(-velocity, num_steps)[None], spatial_shape)[0]
 
 
 def random_affine_ddf(

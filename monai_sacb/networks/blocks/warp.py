@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch.nn import functional as F
 
 from monai_sacb.networks.utils import is_exporting
 
-__all__ = ["ddf_sampling_grid", "warp_with_ddf"]
+__all__ = ["ddf_sampling_grid", "resize_ddf", "warp_with_ddf"]
 
 
 def _thread_chunks(image: torch.Tensor) -> int:
@@ -76,3 +78,37 @@ def warp_with_ddf(image: torch.Tensor, ddf: torch.Tensor, padding_mode: str = "z
         align_corners=True,
     )  # (chunks, C, S0 / chunks, ...)
     return slabs.transpose(0, 1).reshape(1, image.shape[1], *spatial_shape)
+
+
+def resize_ddf(ddf: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
+    """
+    The same displacement field on a grid of another size spanning the same extent (``align_corners=True``):
+    values are (bi/tri)linearly interpolated with ``align_corners=True`` and channel ``i`` is multiplied by
+    ``(m_i - 1) / (n_i - 1)``, because a displacement of ``d`` voxels of a grid of ``n_i`` voxels is
+    ``d * (m_i - 1) / (n_i - 1)`` voxels of a grid of ``m_i`` voxels over the same extent.
+
+    The map is exact for affine fields (linear interpolation reproduces them), so an affine field taken to a
+    coarse grid and back is unchanged up to rounding; a general field loses its details finer than the coarse grid.
+
+    Args:
+        ddf: (B, spatial_dims, *S) displacement in voxels of S, channel ``i`` along spatial axis ``i``.
+        spatial_size: the new spatial size, ``spatial_dims`` integers, each >= 2 (as is every size of ``S``).
+
+    Returns:
+        (B, spatial_dims, *spatial_size) displacement in voxels of ``spatial_size``; ``ddf`` itself when the
+        size is unchanged. Differentiable.
+    """
+    spatial_dims = ddf.ndim - 2
+    old, new = tuple(int(s) for s in ddf.shape[2:]), tuple(int(s) for s in spatial_size)
+    if spatial_dims not in (2, 3) or ddf.shape[1] != spatial_dims or len(new) != spatial_dims:
+        raise ValueError(
+            f"expecting a ddf of shape (B, spatial_dims, *spatial) with 2 or 3 spatial dims and a spatial_size of "
+            f"spatial_dims sizes, got ddf {tuple(ddf.shape)} and spatial_size {new}."
+        )
+    if min(old) < 2 or min(new) < 2:
+        raise ValueError(f"every spatial size must be >= 2 to rescale a ddf, got {old} -> {new}.")
+    if old == new:
+        return ddf
+    out = F.interpolate(ddf, size=new, mode="trilinear" if spatial_dims == 3 else "bilinear", align_corners=True)
+    scale = torch.tensor([(m - 1) / (n - 1) for n, m in zip(old, new)], dtype=out.dtype, device=out.device)
+    return out * scale.view(1, spatial_dims, *([1] * spatial_dims))
