@@ -22,12 +22,27 @@ __all__ = [
     "atomic_write",
     "default_cache_dir",
     "digest",
+    "IMAGE_SUFFIXES",
+    "image_stem",
     "package_file",
     "resample_volume",
     "save_json",
     "save_nifti",
     "target_grid",
 ]
+
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+"""File name endings the datalists read as images."""
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """File name without its folder and image suffix (``/a/b.nii.gz`` -> ``b``); other names are kept whole."""
+    name = os.path.basename(os.fspath(path))
+    for suffix in (*IMAGE_SUFFIXES, ".pt"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def package_file(package: str, relative: str) -> Path:
