@@ -5,10 +5,8 @@
 
 from __future__ import annotations
 
-from .ddf_metric import DDFMetricHandler
-from .folding import PercentFolding
-from .label_metrics import LabelDice, LabelHausdorffDistance, LabelSurfaceDistance
-from .sd_log_jacobian import SDLogJacobian
+from .ddf_metric_handlers import DDFMetricHandler, PercentFolding, SDLogJacobian
+from .label_metric_handlers import LabelDice, LabelHausdorffDistance, LabelSurfaceDistance
 
 __all__ = [
     "DDFMetricHandler",
