@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from monai.metrics import CumulativeIterationMetric
@@ -18,9 +20,11 @@ __all__ = ["DDFCumulativeMetric"]
 
 class DDFCumulativeMetric(CumulativeIterationMetric):
     """
-    Base of the ddf metrics: each call buffers a (B, 1) tensor, one value per case, computed by a subclass's
-    ``_compute_tensor(y_pred=ddf, y=optional mask, spacing=...)``; ``aggregate()`` reduces the buffer like
-    MONAI's metrics.
+    Base of the ddf metrics: call it with ``y_pred`` = the ddf (B, spatial_dims, *spatial) in voxels and,
+    optionally, ``y`` = a mask (B, 1, *spatial) restricting the evaluation to its nonzero voxels (``None``: the
+    whole grid), and a ``spacing=`` keyword overriding the constructor's. Each call buffers a (B, 1) tensor, one
+    value per case, computed by a subclass's ``_compute(ddf, mask, spacing)``; ``aggregate()`` reduces the buffer
+    like MONAI's metrics.
 
     Args:
         spacing: only for a ddf in mm, see :py:func:`monai_sacb.metrics.jacobian_determinant`; a ``spacing=``
@@ -43,6 +47,24 @@ class DDFCumulativeMetric(CumulativeIterationMetric):
         self.border = border
         self.reduction = reduction
         self.get_not_nans = get_not_nans
+
+    def _compute(self, ddf: torch.Tensor, mask: torch.Tensor | None, spacing: SpacingLike | None) -> torch.Tensor:
+        """The (B,) values of one batch."""
+        raise NotImplementedError(f"Subclass {self.__class__.__name__} must implement this method.")
+
+    def _compute_tensor(  # type: ignore[override]
+        self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """
+        Args:
+            y_pred: ddf, shape (B, spatial_dims, *spatial).
+            y: optional mask, shape (B, 1, *spatial).
+            kwargs: ``spacing`` overrides the constructor's.
+
+        Returns:
+            (B, 1) values.
+        """
+        return self._compute(y_pred, y, kwargs.get("spacing", self.spacing)).unsqueeze(1)
 
     def aggregate(
         self, reduction: MetricReduction | str | None = None

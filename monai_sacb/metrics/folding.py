@@ -5,11 +5,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
-
 
 from .ddf_metric import DDFCumulativeMetric
 from .jacobian import jacobian_determinant
@@ -50,11 +47,8 @@ def percent_folding(
 class FoldingMetric(DDFCumulativeMetric):
     """
     Percentage of folded voxels (``det J <= 0``) of a displacement field, accumulated over iterations.
-    See :py:func:`percent_folding`.
-
-    Call it with ``y_pred`` = the ddf (B, spatial_dims, *spatial) in voxels and, optionally, ``y`` = a mask
-    (B, 1, *spatial) restricting the count to its nonzero voxels (``None`` counts the whole grid). Each call buffers
-    a (B, 1) tensor of percentages; ``aggregate()`` reduces the buffer like MONAI's metrics.
+    See :py:func:`percent_folding`; inputs, arguments and reductions as for
+    :py:class:`monai_sacb.metrics.DDFCumulativeMetric`.
 
     Example:
 
@@ -66,27 +60,7 @@ class FoldingMetric(DDFCumulativeMetric):
             metric(ddf)
         percent = metric.aggregate().item()
         metric.reset()
-
-    Args:
-        spacing: only for a ddf in mm, see :py:func:`monai_sacb.metrics.jacobian_determinant`; a ``spacing=``
-            keyword given to a call overrides it.
-        border: voxels dropped on each side of every axis before counting.
-        reduction: mode of reduction of the buffered (N, 1) values, applied to not-NaN values only; one of
-            :py:class:`monai.utils.enums.MetricReduction` (``"mean"``, ``"sum"``, ``"mean_batch"``, ``"none"``...).
-        get_not_nans: whether ``aggregate()`` also returns the count of not-NaN values, ``(metric, not_nans)``.
     """
 
-    def _compute_tensor(  # type: ignore[override]
-        self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
-    ) -> torch.Tensor:
-        """
-        Args:
-            y_pred: ddf, shape (B, spatial_dims, *spatial).
-            y: optional mask, shape (B, 1, *spatial).
-            kwargs: ``spacing`` overrides the constructor's.
-
-        Returns:
-            (B, 1) percentages of folded voxels.
-        """
-        spacing = kwargs.get("spacing", self.spacing)
-        return percent_folding(y_pred, mask=y, spacing=spacing, border=self.border).unsqueeze(1)
+    def _compute(self, ddf: torch.Tensor, mask: torch.Tensor | None, spacing: SpacingLike | None) -> torch.Tensor:
+        return percent_folding(ddf, mask=mask, spacing=spacing, border=self.border)

@@ -73,16 +73,20 @@ def _surface_metric_per_label(
     y: Any,
     labels: Sequence[int] | None,
     background: int | None,
-    pair_fn: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor],
+    spacing: SpacingLike | None,
+    surface_fn: Callable[..., torch.Tensor],
+    **kwargs: Any,
 ) -> torch.Tensor:
     """
     Label loop of the surface-distance metrics, one label at a time: returns (B, L).
 
     For label ``labels[j]`` and case ``b`` the value is NaN when the label is absent from ``y`` or from
-    ``y_pred`` (no surface to measure), otherwise ``pair_fn(pred_masks, true_masks, cases)``, called once per
-    label with the (len(cases), 1, *spatial) binary masks of the cases that have the label in both maps.
+    ``y_pred`` (no surface to measure), otherwise that of the MONAI ``surface_fn`` (e.g.
+    :py:func:`monai.metrics.compute_hausdorff_distance`), called once per label on the (len(cases), 1, *spatial)
+    binary masks of the cases that have the label in both maps, with their spacing and ``kwargs``.
     """
     y_pred, y = _check_label_maps(y_pred, y)
+    per_case = _per_case_spacing(spacing, y.shape[0], y.ndim - 2)
     labels = present_labels(y, background) if labels is None else [int(v) for v in labels]
     out = torch.full((y.shape[0], len(labels)), float("nan"), dtype=torch.float32, device=y.device)
     for j, value in enumerate(labels):
@@ -91,7 +95,11 @@ def _surface_metric_per_label(
         both = true_mask.flatten(1).any(1) & pred_mask.flatten(1).any(1)
         cases = torch.nonzero(both).flatten().tolist()
         if cases:
-            out[cases, j] = pair_fn(pred_mask[cases], true_mask[cases], cases).flatten().to(out)
+            case_spacing = None if per_case is None else [per_case[b] for b in cases]
+            values = surface_fn(
+                pred_mask[cases], true_mask[cases], include_background=True, spacing=case_spacing, **kwargs
+            )
+            out[cases, j] = values.flatten().to(out)
     return out
 
 
@@ -170,18 +178,9 @@ def compute_label_hausdorff_distance(
     Returns:
         (B, L) distances; NaN where a label is absent from ``y`` or from ``y_pred`` (undefined).
     """
-    per_case = _per_case_spacing(spacing, y.shape[0], y.ndim - 2)
-
-    def hd(pred_mask: torch.Tensor, true_mask: torch.Tensor, cases: list[int]) -> torch.Tensor:
-        return compute_hausdorff_distance(
-            pred_mask,
-            true_mask,
-            include_background=True,
-            percentile=percentile,
-            spacing=None if per_case is None else [per_case[b] for b in cases],
-        )
-
-    return _surface_metric_per_label(y_pred, y, labels, background, hd)
+    return _surface_metric_per_label(
+        y_pred, y, labels, background, spacing, compute_hausdorff_distance, percentile=percentile
+    )
 
 
 def compute_label_surface_distance(
@@ -210,18 +209,9 @@ def compute_label_surface_distance(
     Returns:
         (B, L) distances; NaN where a label is absent from ``y`` or from ``y_pred`` (undefined).
     """
-    per_case = _per_case_spacing(spacing, y.shape[0], y.ndim - 2)
-
-    def asd(pred_mask: torch.Tensor, true_mask: torch.Tensor, cases: list[int]) -> torch.Tensor:
-        return compute_average_surface_distance(
-            pred_mask,
-            true_mask,
-            include_background=True,
-            symmetric=symmetric,
-            spacing=None if per_case is None else [per_case[b] for b in cases],
-        )
-
-    return _surface_metric_per_label(y_pred, y, labels, background, asd)
+    return _surface_metric_per_label(
+        y_pred, y, labels, background, spacing, compute_average_surface_distance, symmetric=symmetric
+    )
 
 
 class _LabelMetric(CumulativeIterationMetric):
@@ -358,13 +348,9 @@ class LabelHausdorffDistanceMetric(_LabelMetric):
     of ``y`` when it is a MetaTensor; otherwise distances are in voxels.
 
     Args:
-        labels: label values to evaluate; ``None``: those present in each fixed map, without ``background``.
-        background: value left out when ``labels`` is ``None`` (``None`` keeps every value).
         percentile: percentile of the surface distances; ``None`` gives the maximum (HD).
         spacing: voxel size in mm: one number, ``spatial_dims`` numbers, or one such sequence per case.
-        reduction: mode of reduction, see :py:class:`monai.utils.enums.MetricReduction`.
-        get_not_nans: whether ``aggregate()`` also returns the count of not-NaN values.
-        return_with_label: as for :py:class:`LabelDiceMetric`.
+        labels, background, reduction, get_not_nans, return_with_label: as for :py:class:`LabelDiceMetric`.
     """
 
     def __init__(
@@ -400,13 +386,9 @@ class LabelSurfaceDistanceMetric(_LabelMetric):
     of ``y`` when it is a MetaTensor; otherwise distances are in voxels.
 
     Args:
-        labels: label values to evaluate; ``None``: those present in each fixed map, without ``background``.
-        background: value left out when ``labels`` is ``None`` (``None`` keeps every value).
         symmetric: ``True`` for ASSD; ``False`` for the mean distance from the prediction's boundary only.
         spacing: voxel size in mm: one number, ``spatial_dims`` numbers, or one such sequence per case.
-        reduction: mode of reduction, see :py:class:`monai.utils.enums.MetricReduction`.
-        get_not_nans: whether ``aggregate()`` also returns the count of not-NaN values.
-        return_with_label: as for :py:class:`LabelDiceMetric`.
+        labels, background, reduction, get_not_nans, return_with_label: as for :py:class:`LabelDiceMetric`.
     """
 
     def __init__(

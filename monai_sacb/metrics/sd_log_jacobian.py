@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
@@ -63,19 +61,14 @@ def sd_log_jacobian(
 class SDLogJacobianMetric(DDFCumulativeMetric):
     """
     Standard deviation of the log Jacobian determinant of a displacement field, accumulated over iterations.
-    See :py:func:`sd_log_jacobian` for the conventions (clipping floor, population std, border, mask).
-
-    Call it with ``y_pred`` = the ddf (B, spatial_dims, *spatial) in voxels and, optionally, ``y`` = a mask
-    (B, 1, *spatial) restricting the statistic to its nonzero voxels. Each call buffers a (B, 1) tensor;
-    ``aggregate()`` reduces the buffer like MONAI's metrics.
+    See :py:func:`sd_log_jacobian` for the conventions (clipping floor, population std, border, mask); inputs
+    and reductions as for :py:class:`monai_sacb.metrics.DDFCumulativeMetric`.
 
     Args:
-        spacing: only for a ddf in mm, see :py:func:`monai_sacb.metrics.jacobian_determinant`; a ``spacing=``
-            keyword given to a call overrides it.
+        spacing: only for a ddf in mm, see :py:func:`monai_sacb.metrics.jacobian_determinant`.
         border: voxels dropped on each side of every axis (Learn2Reg uses 2).
         eps: positive floor applied to the determinant before the log.
-        reduction: mode of reduction of the buffered (N, 1) values, applied to not-NaN values only; one of
-            :py:class:`monai.utils.enums.MetricReduction`.
+        reduction: mode of reduction of the buffered (N, 1) values, applied to not-NaN values only.
         get_not_nans: whether ``aggregate()`` also returns the count of not-NaN values, ``(metric, not_nans)``.
     """
 
@@ -90,17 +83,5 @@ class SDLogJacobianMetric(DDFCumulativeMetric):
         super().__init__(spacing=spacing, border=border, reduction=reduction, get_not_nans=get_not_nans)
         self.eps = eps
 
-    def _compute_tensor(  # type: ignore[override]
-        self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
-    ) -> torch.Tensor:
-        """
-        Args:
-            y_pred: ddf, shape (B, spatial_dims, *spatial).
-            y: optional mask, shape (B, 1, *spatial).
-            kwargs: ``spacing`` overrides the constructor's.
-
-        Returns:
-            (B, 1) SDlogJ values.
-        """
-        spacing = kwargs.get("spacing", self.spacing)
-        return sd_log_jacobian(y_pred, mask=y, spacing=spacing, border=self.border, eps=self.eps).unsqueeze(1)
+    def _compute(self, ddf: torch.Tensor, mask: torch.Tensor | None, spacing: SpacingLike | None) -> torch.Tensor:
+        return sd_log_jacobian(ddf, mask=mask, spacing=spacing, border=self.border, eps=self.eps)
