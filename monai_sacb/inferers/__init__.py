@@ -1,7 +1,8 @@
 # Copyright (c) monai-sacb contributors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 
-"""Inference-time procedures: instance optimisation (test-time refinement) of displacement fields."""
+"""Inferers for registration pairs: the pair inferer of the engines (pair -> warped image and ddf) and instance
+optimisation (test-time refinement) of displacement fields."""
 
 from __future__ import annotations
 
@@ -16,15 +17,18 @@ from .instance_optimization import (
     resize_ddf,
     resize_image,
 )
+from .pair import PairInferer, symmetric_ddf
 
 __all__ = [
     "DEFAULT_LEVELS",
     "DEFAULT_SMOOTHING",
     "DEFAULT_STEPS",
     "InstanceOptimization",
+    "PairInferer",
     "finetune_network",
     "level_shape",
     "refine_ddf",
     "resize_ddf",
     "resize_image",
+    "symmetric_ddf",
 ]

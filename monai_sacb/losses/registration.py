@@ -120,14 +120,15 @@ class RegistrationLoss(nn.Module):
 
     def forward(
         self,
-        warped: torch.Tensor | Sequence[torch.Tensor],
+        warped: torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
         fixed: torch.Tensor,
         ddf: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
-            warped: the moving image warped by ``ddf``, shape (B, C, *spatial), or a ``(warped, ddf)`` pair
-                (the output of ``SACBNet``) when ``ddf`` is None.
+            warped: the moving image warped by ``ddf``, shape (B, C, *spatial); or, when ``ddf`` is None, a
+                ``(warped, ddf)`` pair (the output of ``SACBNet``) or a ``{"warped_image", "ddf"}`` dictionary
+                (the output of :py:class:`monai_sacb.inferers.PairInferer`).
             fixed: the fixed image, shape (B, C, *spatial).
             ddf: displacement field in voxels, shape (B, spatial_dims, *spatial).
 
@@ -135,9 +136,15 @@ class RegistrationLoss(nn.Module):
             the scalar loss (0-dim tensor).
         """
         if ddf is None:
-            if isinstance(warped, torch.Tensor) or len(warped) != 2:
-                raise ValueError("ddf is missing: call loss(warped, fixed, ddf) or loss((warped, ddf), fixed).")
-            warped, ddf = warped
+            if isinstance(warped, Mapping) and {"warped_image", "ddf"} <= set(warped):
+                warped, ddf = warped["warped_image"], warped["ddf"]
+            elif isinstance(warped, torch.Tensor) or isinstance(warped, Mapping) or len(warped) != 2:
+                raise ValueError(
+                    "ddf is missing: call loss(warped, fixed, ddf), loss((warped, ddf), fixed) or "
+                    "loss({'warped_image': warped, 'ddf': ddf}, fixed)."
+                )
+            else:
+                warped, ddf = warped
         if ddf.ndim != self.spatial_dims + 2 or ddf.shape[1] != self.spatial_dims:
             raise ValueError(
                 f"expecting a ddf of shape (B, {self.spatial_dims}, *spatial), got {tuple(ddf.shape)}; "

@@ -7,10 +7,13 @@ import os
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-from monai.data import ImageReader
-from monai.transforms import LoadImaged
+from monai.config import KeysCollection
+from monai.data import ImageReader, MetaTensor
+from monai.transforms import LoadImaged, MapTransform
 
-__all__ = ["LoadPaird"]
+from monai_sacb.data.utils import image_stem
+
+__all__ = ["LoadPaird", "PairNamed", "pair_name_formatter"]
 
 
 def _describe(value: Any) -> str:
@@ -59,3 +62,50 @@ class LoadPaird(LoadImaged):
                 )
         keys = ", ".join(f"{key}={_describe(d[key])}" for key in self.key_iterator(d))
         return f"loading {keys} failed: {type(error).__name__}: {error}"
+
+
+class PairNamed(MapTransform):
+    """
+    Name the outputs of a registration after their pair: set ``filename_or_obj`` of the MetaTensors under
+    ``keys`` to ``"<moving stem>_to_<fixed stem>"``, read from the metadata of ``moving_key`` and ``fixed_key``
+    (a key's own name stands in for a missing file name). With :py:func:`pair_name_formatter`, ``SaveImaged``
+    then writes ``<moving>_to_<fixed>_<postfix>.nii.gz``, so that several pairs sharing one fixed image do not
+    overwrite each other's files. Place it after ``Invertd``, which gives the outputs the fixed image's metadata.
+
+    Args:
+        keys: the outputs to name, e.g. ``["warped_image", "warped_label", "ddf"]``.
+        moving_key, fixed_key: keys of the pair's images.
+        allow_missing_keys: don't raise when an output is missing (e.g. no label map).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        moving_key: str = "moving_image",
+        fixed_key: str = "fixed_image",
+        allow_missing_keys: bool = True,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.moving_key = moving_key
+        self.fixed_key = fixed_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        stems = []
+        for key in (self.moving_key, self.fixed_key):
+            value = d.get(key)
+            name = value.meta.get("filename_or_obj") if isinstance(value, MetaTensor) else None
+            stems.append(image_stem(str(name)) if name else key)
+        for key in self.key_iterator(d):
+            if isinstance(d[key], MetaTensor):
+                d[key].meta["filename_or_obj"] = f"{stems[0]}_to_{stems[1]}"
+        return d
+
+
+def pair_name_formatter(metadict: dict | None, saver: Any) -> dict:
+    """
+    ``output_name_formatter`` of ``SaveImaged`` for outputs named by :py:class:`PairNamed`: the file is named
+    after ``filename_or_obj`` without its folder and image suffix (``"pair"`` when there is none).
+    """
+    subject = (metadict or {}).get("filename_or_obj", "")
+    return {"subject": image_stem(str(subject)) or "pair", "idx": (metadict or {}).get("patch_index")}

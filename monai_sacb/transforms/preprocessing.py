@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import torch
 
+from monai.config import KeysCollection
 from monai.data import ImageReader
 from monai.transforms import (
     Compose,
@@ -25,35 +27,63 @@ from monai.transforms.transform import MapTransform
 from monai_sacb.transforms.check import CheckInputsd, CheckLabelGridd, CheckPaird
 from monai_sacb.transforms.io import LoadPaird
 
-__all__ = ["pair_preprocessing", "INTENSITY_OPTIONS"]
+__all__ = ["pair_preprocessing", "IntensityNormalized", "INTENSITY_OPTIONS"]
 
 INTENSITY_OPTIONS = ("percentile", "minmax", "zscore")
 
 
-def _intensity(keys: Sequence[str], intensity: str | Sequence[float] | None) -> list[MapTransform]:
-    if intensity is None:
-        return []
-    if isinstance(intensity, str):
-        name = intensity.lower()
-        if name == "percentile":
-            # robust to a few hot voxels, unlike min-max
-            return [
-                ScaleIntensityRangePercentilesd(
-                    keys, lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True, allow_missing_keys=True
+class IntensityNormalized(MapTransform):
+    """
+    Intensity normalisation of registration images chosen by name, so that a bundle config or command line
+    switches it with one value (``--intensity zscore``, ``--intensity "(-500, 800)"`` for CT):
+
+    - ``"percentile"``: the 0.5th-99.5th percentile to [0, 1], clipped (robust to a few hot voxels, unlike
+      min-max; ``monai.transforms.ScaleIntensityRangePercentilesd``);
+    - ``"minmax"``: [0, 1] (``ScaleIntensityd``);
+    - ``"zscore"``: zero mean, unit variance (``NormalizeIntensityd``);
+    - ``(a_min, a_max)``: a window mapped to [0, 1] with clipping (``ScaleIntensityRanged``), e.g. CT;
+    - ``None``: unchanged.
+
+    Args:
+        keys: the image keys (never label maps).
+        method: one of the above.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Raises:
+        ValueError: an unknown ``method``, with the valid ones.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, method: str | Sequence[float] | None = "percentile", allow_missing_keys: bool = True
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.method = method
+        self.transform = self._build(method)
+
+    def _build(self, method: str | Sequence[float] | None) -> MapTransform | None:
+        keys, missing = self.keys, self.allow_missing_keys
+        if method is None:
+            return None
+        if isinstance(method, str):
+            name = method.lower()
+            if name == "percentile":
+                return ScaleIntensityRangePercentilesd(
+                    keys, lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True, allow_missing_keys=missing
                 )
-            ]
-        if name == "minmax":
-            return [ScaleIntensityd(keys, minv=0.0, maxv=1.0, allow_missing_keys=True)]
-        if name == "zscore":
-            return [NormalizeIntensityd(keys, allow_missing_keys=True)]
-    elif len(intensity) == 2:
-        a_min, a_max = (float(v) for v in intensity)
-        window = ScaleIntensityRanged(keys, a_min, a_max, b_min=0.0, b_max=1.0, clip=True, allow_missing_keys=True)
-        return [window]
-    raise ValueError(
-        f"unknown intensity {intensity!r}: use one of {', '.join(map(repr, INTENSITY_OPTIONS))}, "
-        "a window (a_min, a_max) mapped to [0, 1] with clipping (e.g. (-500, 800) for CT), or None."
-    )
+            if name == "minmax":
+                return ScaleIntensityd(keys, minv=0.0, maxv=1.0, allow_missing_keys=missing)
+            if name == "zscore":
+                return NormalizeIntensityd(keys, allow_missing_keys=missing)
+        elif len(method) == 2:
+            a_min, a_max = (float(v) for v in method)
+            return ScaleIntensityRanged(keys, a_min, a_max, b_min=0.0, b_max=1.0, clip=True, allow_missing_keys=missing)
+        raise ValueError(
+            f"unknown intensity {method!r}: use one of {', '.join(map(repr, INTENSITY_OPTIONS))}, "
+            "a window (a_min, a_max) mapped to [0, 1] with clipping (e.g. (-500, 800) for CT), or None."
+        )
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        return dict(data) if self.transform is None else self.transform(data)
 
 
 def pair_preprocessing(
@@ -154,7 +184,8 @@ def pair_preprocessing(
                 allow_missing_keys=True,
             )
         )
-    transforms += _intensity(image_keys, intensity)
+    if intensity is not None:
+        transforms.append(IntensityNormalized(image_keys, intensity))
     if divisible:
         transforms.append(DivisiblePadd(all_keys, k=divisible, allow_missing_keys=True))
     transforms.append(EnsureTyped(all_keys, dtype=torch.float32, allow_missing_keys=True))

@@ -3,7 +3,7 @@
 """
 Checkpoints of the bundle: loading with clear errors, crash-safe saving, and resuming an interrupted training run.
 
-File layout written by the bundle's ``train.json`` in ``ckpt_dir`` (``<bundle_root>/models``):
+File layout written by the bundle's ``train.json`` in ``ckpt_dir`` (``<bundle_root>/runs`` by default):
 
 - ``checkpoint_epoch=<N>.pt``: the latest epoch, ``{"model", "optimizer", "lr_scheduler", "trainer",
   "key_metric"}`` (``key_metric``: the best validation metric so far, its epoch and the metric of every
@@ -55,7 +55,6 @@ __all__ = [
     "ResumeFromLatest",
     "TrainerCheckpointSaver",
     "BestMetricTracker",
-    "KeyMetricTracker",
 ]
 
 LATEST_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
@@ -553,14 +552,6 @@ class BestMetricTracker:
 
     def load_state_dict(self, state_dict: Mapping) -> None:
         self.pending = None
-        if "saved" in state_dict and "best_metric" not in state_dict:
-            # a record written by KeyMetricTracker (an Ignite Checkpoint state): the score, no epoch
-            saved = list(state_dict.get("saved") or [])
-            score = float(saved[-1][0]) if saved else None
-            self.best_metric = None if score is None else (-score if self.negative_sign else score)
-            self.best_epoch, self.history = None, []
-            self._sync_evaluator()
-            return
         best = state_dict.get("best_metric")
         self.best_metric = None if best is None else float(best)
         epoch = state_dict.get("best_epoch")
@@ -678,31 +669,3 @@ class TrainerCheckpointSaver:
         epoch = int(engine.state.epoch)
         if _is_main_process() and os.path.isfile(os.path.join(self.save_dir, f"checkpoint_epoch={epoch}.pt")):
             self._prune(epoch)
-
-
-class KeyMetricTracker:
-    """
-    For configs that write ``model.pt`` with MONAI's key-metric ``CheckpointSaver`` (the bundle now uses
-    :py:class:`BestMetricTracker` with :py:class:`TrainerCheckpointSaver`, which never lose ``model.pt`` in a
-    crash). The best-metric record of a key-metric :py:class:`monai.handlers.CheckpointSaver` (the one writing
-    ``model.pt``) as an object with ``state_dict``/``load_state_dict``, so that it is saved in the per-epoch
-    checkpoint and restored on resume, while ``model.pt`` stays a plain state dict of the network.
-
-    Args:
-        saver: a ``CheckpointSaver`` built with ``save_key_metric=True``.
-    """
-
-    def __init__(self, saver: Any) -> None:
-        self.saver = saver
-
-    def _checkpoint(self) -> Any:
-        checkpoint = getattr(self.saver, "_key_metric_checkpoint", None)  # MONAI keeps the Ignite Checkpoint here
-        if checkpoint is None:
-            raise ValueError("KeyMetricTracker needs a CheckpointSaver built with save_key_metric=True.")
-        return checkpoint
-
-    def state_dict(self) -> dict:
-        return self._checkpoint().state_dict()
-
-    def load_state_dict(self, state_dict: Mapping) -> None:
-        self.saver.load_state_dict(dict(state_dict))

@@ -8,12 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["TrainProgressBar", "has_tensorboard"]
-
-
-def has_tensorboard() -> bool:
-    """Whether ``torch.utils.tensorboard`` can write event files (the ``tensorboard`` package is installed)."""
-    return importlib.util.find_spec("tensorboard") is not None
+__all__ = ["TrainProgressBar"]
 
 
 class TrainProgressBar:
