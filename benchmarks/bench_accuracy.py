@@ -66,9 +66,9 @@ def _network(kind: str, path: str) -> torch.nn.Module:
     from monai.networks.nets import VoxelMorph
 
     from monai_sacb.engines import check_checkpoint_compatible, network_state_dict
-    from monai_sacb.networks import PairDDFWrapper, SACBNetDDF
+    from monai_sacb.networks import PairDDFWrapper, SACBNetBackbone
 
-    net = SACBNetDDF() if kind == "sacbnet" else PairDDFWrapper(VoxelMorph())
+    net = SACBNetBackbone() if kind == "sacbnet" else PairDDFWrapper(VoxelMorph())
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     check_checkpoint_compatible(checkpoint, net, path)
     net.load_state_dict(network_state_dict(checkpoint))

@@ -57,7 +57,7 @@ def _measure(name: str, size: tuple[int, ...], mode: str, device: str, amp: bool
     fixed = torch.rand(1, 1, *size, device=device)
     kmeans_time = [0.0]
     if name == "SACBNet":
-        for block in net.sac_blocks:
+        for block in net.backbone.sac_blocks:
             forward = block.kmeans.forward
 
             def timed(points, _forward=forward):

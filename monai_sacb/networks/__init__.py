@@ -21,4 +21,4 @@ from .blocks import (
     similarity_matching_flow,
     warp_with_ddf,
 )
-from .nets import PairDDFWrapper, SACBNet, SACBNetDDF
+from .nets import PairDDFWrapper, SACBNet, SACBNetBackbone

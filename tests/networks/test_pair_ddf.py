@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.networks.nets import VoxelMorph
 
-from monai_sacb.networks import PairDDFWrapper, SACBNet, SACBNetDDF
+from monai_sacb.networks import PairDDFWrapper, SACBNet, SACBNetBackbone
 
 
 def test_wrapped_voxelmorph_returns_its_ddf():
@@ -20,11 +20,11 @@ def test_wrapped_voxelmorph_returns_its_ddf():
     assert torch.equal(ddf, expected)
 
 
-def test_wrapped_sacbnet_equals_the_single_input_form():
+def test_wrapped_sacbnet_equals_its_backbone():
     torch.manual_seed(0)
     net = SACBNet(spatial_dims=2, kmeans_iters=2).eval()
-    single = SACBNetDDF(spatial_dims=2, kmeans_iters=2).eval()
-    single.load_state_dict(net.state_dict())
+    single = SACBNetBackbone(spatial_dims=2, kmeans_iters=2).eval()
+    single.load_state_dict(net.backbone.state_dict())
     pair = torch.rand(1, 2, 32, 32)
     with torch.no_grad():
         assert torch.equal(PairDDFWrapper(net)(pair), single(pair))

@@ -4,16 +4,21 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 from monai.networks.blocks import Warp
 
-from monai_sacb.networks import SACBNet, SACBNetDDF
+from monai_sacb.networks import SACBNet, SACBNetBackbone
+from monai_sacb.networks.blocks import warp_with_ddf
+from monai_sacb.networks.nets import sacbnet as sacbnet_module
 
 pytestmark = pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp")
 
 DEFAULT_PARAMETERS = 1_105_591
+BUNDLE_MODEL = Path(__file__).resolve().parents[2] / "bundle" / "models" / "model.pt"
 
 
 def _count(net):
@@ -38,7 +43,7 @@ def _net(seed=0, **kwargs):
 
 def test_default_parameter_count():
     assert _count(SACBNet()) == DEFAULT_PARAMETERS
-    assert _count(SACBNetDDF()) == DEFAULT_PARAMETERS
+    assert _count(SACBNetBackbone()) == DEFAULT_PARAMETERS
     assert sum(p.numel() for p in SACBNet().parameters()) == DEFAULT_PARAMETERS  # nothing frozen
 
 
@@ -233,8 +238,8 @@ def test_non_finite_input_is_refused_with_a_count():
     fixed[0, 0, :2, 0, 0] = float("inf")
     with pytest.raises(ValueError, match=r"fixed holds 2 non-finite values \(0 NaN, 2 infinite"):
         net(torch.nan_to_num(moving), fixed)
-    with pytest.raises(ValueError, match="non-finite"):  # the single-input form checks the same
-        SACBNetDDF(num_clusters=3, kmeans_iters=2)(torch.cat([moving, fixed], dim=1))
+    with pytest.raises(ValueError, match=r"moving holds 1 non-finite"):  # the backbone checks the same
+        SACBNetBackbone(num_clusters=3, kmeans_iters=2)(torch.cat([moving, fixed], dim=1))
     # float64 values beyond the float32 range become infinite in the network's dtype: refused too
     big = torch.full((1, 1, 32, 32, 32), 1e300, dtype=torch.float64)
     with pytest.raises(ValueError, match="32768 non-finite values"):
@@ -251,7 +256,7 @@ def test_empty_batch_is_refused():
     with pytest.raises(ValueError, match="empty batch"):
         SACBNet(num_clusters=3)(moving, fixed)
     with pytest.raises(ValueError, match="empty batch"):
-        SACBNetDDF(num_clusters=3)(torch.cat([moving, fixed], dim=1))
+        SACBNetBackbone(num_clusters=3)(torch.cat([moving, fixed], dim=1))
 
 
 @pytest.mark.parametrize(
@@ -279,43 +284,119 @@ def test_complex_input_is_refused():
         SACBNet(num_clusters=3)(moving.to(torch.complex64), fixed)
 
 
-# ---------------------------------------------------------------------------------------------------- SACBNetDDF
+# ----------------------------------------------------------------------------------------- backbone and wrapper
 
 
-def test_ddf_variant_shares_checkpoints_and_output():
+def test_backbone_keys_are_the_wrappers_under_backbone():
     net = _net(num_clusters=3, in_channels=2)
-    single = SACBNetDDF(num_clusters=3, in_channels=2)
-    assert list(single.state_dict()) == list(net.state_dict())
-    single.load_state_dict(net.state_dict())  # strict
-    net_back = SACBNet(num_clusters=3, in_channels=2)
-    net_back.load_state_dict(single.state_dict())
+    backbone = SACBNetBackbone(num_clusters=3, in_channels=4)
+    assert list(net.state_dict()) == [f"backbone.{key}" for key in backbone.state_dict()]
+    assert {key.split(".")[0] for key in backbone.state_dict()} == {"encoder", "sac_blocks", "refine", "head"}
+    backbone.load_state_dict(net.backbone.state_dict())  # strict
     moving, fixed = _pair((2, 2, 32, 48, 16), seed=7)
     with torch.no_grad():
         expected = net(moving, fixed)[1]
-        ddf = single(torch.cat([moving, fixed], dim=1))
+        ddf = backbone(torch.cat([moving, fixed], dim=1))
     assert ddf.shape == (2, 3, 32, 48, 16)
     assert torch.equal(ddf, expected)
 
 
-def test_ddf_variant_bad_channel_count():
-    single = SACBNetDDF()
-    with pytest.raises(ValueError, match=r"\(B, 2, \*spatial\)"):
-        single(torch.rand(1, 1, 32, 32, 32))
-    with pytest.raises(ValueError):
-        single(torch.rand(1, 3, 32, 32, 32))
-    with pytest.raises(ValueError):
-        single(torch.rand(1, 2, 32, 32))
+def test_bundle_checkpoint_loads_into_the_backbone_and_the_wrapper():
+    state_dict = torch.load(BUNDLE_MODEL, map_location="cpu", weights_only=True)
+    backbone = SACBNetBackbone()
+    backbone.load_state_dict(state_dict)  # strict: the shipped plain state dict has exactly these keys
+    net = SACBNet()
+    net.backbone.load_state_dict(state_dict)
+    for key, value in state_dict.items():
+        assert torch.equal(net.state_dict()[f"backbone.{key}"], value)
 
 
-def test_jit_trace_of_ddf_variant():
+def test_warped_is_warp_with_ddf_of_the_backbones_ddf():
+    net = _net(num_clusters=3, kmeans_iters=2)
+    moving, fixed = _pair((1, 1, 32, 32, 32), seed=14)
+    with torch.no_grad():
+        warped, ddf = net(moving, fixed)
+        expected_ddf = net.backbone(torch.cat([moving, fixed], dim=1))
+    assert torch.equal(ddf, expected_ddf)
+    assert torch.equal(warped, warp_with_ddf(moving, expected_ddf, padding_mode="border"))
+
+
+def test_the_wrapper_warps_the_moving_image_exactly_once():
+    net = _net(num_clusters=3, kmeans_iters=2).eval()
+    moving, fixed = _pair((1, 1, 32, 32, 32), seed=15)
+    pair = torch.cat([moving, fixed], dim=1)
+    with torch.no_grad(), mock.patch.object(sacbnet_module, "warp_with_ddf", wraps=warp_with_ddf) as spy:
+        net.backbone(pair)
+        backbone_calls = spy.call_count  # feature and flow warps inside the network
+        spy.reset_mock()
+        net(moving, fixed)
+    assert spy.call_count == backbone_calls + 1
+    last = spy.call_args_list[-1]
+    assert torch.equal(last.args[0], moving)
+    assert last.kwargs == {"padding_mode": "border"}
+
+
+class _FixedDDF(torch.nn.Module):
+    """A stand-in backbone: returns one fixed ddf and records its inputs."""
+
+    def __init__(self, ddf):
+        super().__init__()
+        self.ddf = ddf
+        self.inputs = []
+
+    def forward(self, pair):
+        self.inputs.append(pair)
+        return self.ddf
+
+
+def test_a_given_backbone_is_called_once_and_its_ddf_warps_once():
+    ddf = torch.zeros(2, 2, 8, 6)
+    ddf[:, 1] = 1.0  # one voxel along the last axis
+    backbone = _FixedDDF(ddf)
+    net = SACBNet(backbone=backbone, warp_padding_mode="zeros")
+    moving, fixed = torch.rand(2, 3, 8, 6), torch.rand(2, 3, 8, 6)
+    with mock.patch.object(sacbnet_module, "warp_with_ddf", wraps=warp_with_ddf) as spy:
+        warped, out = net(moving, fixed)
+    assert len(backbone.inputs) == 1 and torch.equal(backbone.inputs[0], torch.cat([moving, fixed], dim=1))
+    assert spy.call_count == 1 and out is ddf
+    torch.testing.assert_close(warped[..., :-1], moving[..., 1:], rtol=0, atol=1e-5)
+    assert warped[..., -1].abs().max() < 1e-5  # zero padding beyond the last column
+    with pytest.raises(ValueError, match="same shape"):
+        net(moving, fixed[:, :2])  # a foreign backbone: no channel rule, but moving and fixed must match
+    with pytest.raises(ValueError, match=r"must return a ddf of shape \(2, 2, 8, 6\)"):
+        SACBNet(backbone=_FixedDDF(ddf[:, :1]))(moving, fixed)
+
+
+def test_given_backbone_overrides_the_architecture_arguments():
+    backbone = SACBNetBackbone(spatial_dims=2, in_channels=4, num_clusters=3)
+    net = SACBNet(backbone, spatial_dims=3, in_channels=1, num_clusters=9)
+    assert net.backbone is backbone and (net.spatial_dims, net.in_channels) == (2, 2)
+    with pytest.raises(ValueError, match=r"in_channels=2\) expects moving of shape \(B, 2, H, W\)"):
+        net(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32))
+
+
+def test_backbone_bad_channel_count():
+    backbone = SACBNetBackbone()
+    with pytest.raises(ValueError, match=r"\(B, 2, H, W, D\), cat\(\[moving, fixed\], dim=1\)"):
+        backbone(torch.rand(1, 1, 32, 32, 32))
+    with pytest.raises(ValueError):
+        backbone(torch.rand(1, 3, 32, 32, 32))
+    with pytest.raises(ValueError):
+        backbone(torch.rand(1, 2, 32, 32))
+    for odd in (1, 3):
+        with pytest.raises(ValueError, match="must be even"):
+            SACBNetBackbone(in_channels=odd)
+
+
+def test_jit_trace_of_the_backbone():
     torch.manual_seed(8)
-    single = SACBNetDDF(num_clusters=3).eval()
+    backbone = SACBNetBackbone(num_clusters=3).eval()
     moving, fixed = _pair((1, 1, 32, 48, 16), seed=8)
     pair = torch.cat([moving, fixed], dim=1)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(single, pair, check_trace=False)
-        eager = single(pair)
+        traced = torch.jit.trace(backbone, pair, check_trace=False)
+        eager = backbone(pair)
         out = traced(pair)
         # the trace records PyTorch's own instance_norm and convolution instead of the fused in-place norm and
         # oneDNN calls of eager CPU mode: the same function, equal up to float32 rounding
@@ -323,7 +404,7 @@ def test_jit_trace_of_ddf_variant():
         # the trace is not specialised to the values of the example input
         other = torch.cat(_pair((1, 1, 32, 48, 16), seed=9), dim=1)
         traced_other = traced(other)
-        torch.testing.assert_close(traced_other, single(other), rtol=0, atol=1e-3)
+        torch.testing.assert_close(traced_other, backbone(other), rtol=0, atol=1e-3)
         assert not torch.allclose(traced_other, eager)
 
 

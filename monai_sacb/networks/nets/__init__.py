@@ -2,4 +2,4 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 
 from .pair_ddf import PairDDFWrapper
-from .sacbnet import SACBNet, SACBNetDDF
+from .sacbnet import SACBNet, SACBNetBackbone

@@ -14,17 +14,20 @@ from monai_sacb.networks.blocks.sac import SACBlock
 from monai_sacb.networks.blocks.warp import warp_with_ddf
 from monai_sacb.networks.utils import channels_last_format, is_exporting
 
-__all__ = ["SACBNet", "SACBNetDDF"]
+__all__ = ["SACBNetBackbone", "SACBNet"]
 
 NUM_LEVELS = 5
 SIZE_DIVISOR = 2 ** (NUM_LEVELS - 1)
 
 
-class SACBNet(nn.Module):
+class SACBNetBackbone(nn.Module):
     """
     SACB-Net: spatial-awareness convolutions for deformable image registration, as described in
     Cheng et al., "SACB-Net: Spatial-awareness Convolutions for Medical Image Registration", CVPR 2025
-    (arXiv 2503.19592).
+    (arXiv 2503.19592). This is the network itself: ``forward(pair) -> ddf``, with
+    ``pair = torch.cat([moving, fixed], dim=1)``, the form that :py:class:`SACBNet` wraps (as
+    :py:class:`monai.networks.nets.VoxelMorph` wraps :py:class:`monai.networks.nets.VoxelMorphUNet`) and that
+    bundles (``verify_net_in_out``), ``torch.jit.trace`` and ONNX export use. It does not warp the moving image.
 
     A shared five-level encoder extracts features of the moving and the fixed image. From the coarsest level
     to level 2, a :py:class:`SACBlock` refines both feature maps (kernels adapted to k-means clusters of local
@@ -37,56 +40,61 @@ class SACBNet(nn.Module):
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
-        in_channels: channels of each of the moving and fixed images.
+        in_channels: channels of the concatenated pair, moving channels first then fixed (like the
+            ``in_channels`` of :py:class:`monai.networks.nets.VoxelMorphUNet`); even, 2 for one-channel images.
         base_channels: c, the width of the first convolution; level widths are (2c, 4c, 8c, 16c, 16c).
         num_clusters: k-means clusters in each SAC block (the paper uses 7).
         kmeans_iters: Lloyd iterations per k-means call.
         kmeans_seed: seed of the k-means++ initialisation draws.
         kmeans_max_points: k-means fits its centroids on an evenly spread subset of at most this many voxels
             and then assigns every voxel (``None``: fit on all voxels, like the published code; slower).
-        warp_padding_mode: padding of the final warp of the moving image ("border", like ``Warp()``, or "zeros",
-            like the published code). Feature and flow warps inside the network always use zero padding.
         allow_nonfinite: accept inputs holding NaN or infinite values. Off by default: a single NaN voxel spreads
-            through the k-means and the convolutions into an all-NaN ddf (and a plausible-looking constant
-            warped image), so ``forward`` raises a ``ValueError`` that counts the bad values instead. Set True
-            only when the caller handles non-finite outputs itself (the check is skipped while tracing/exporting).
+            through the k-means and the convolutions into an all-NaN ddf, so ``forward`` raises a ``ValueError``
+            that counts the bad values instead. Set True only when the caller handles non-finite outputs itself
+            (the check is skipped while tracing/exporting).
 
-    Inputs are checked on every call: shapes (see ``forward``), a batch of at least one pair, finite values
+    Inputs are checked on every call: the shape (see ``forward``), a batch of at least one pair, finite values
     (unless ``allow_nonfinite``), and dtype: integer, boolean and floating inputs of another precision are
     converted to the dtype of the network's weights (to float32 under ``torch.autocast``), so a float64 or int16
     pair works with a float32 network; complex inputs are refused.
 
     Example::
 
-        net = SACBNet(spatial_dims=3)  # 1,105,591 trainable parameters
+        net = SACBNetBackbone(spatial_dims=3, in_channels=2)  # 1,105,591 trainable parameters
+        net.load_state_dict(torch.load("bundle/models/model.pt"))  # the bundle's checkpoint: a plain state dict
         moving = torch.randn(1, 1, 160, 192, 224)
         fixed = torch.randn(1, 1, 160, 192, 224)
-        warped, ddf = net(moving, fixed)  # ddf: (1, 3, 160, 192, 224), in voxels
+        ddf = net(torch.cat([moving, fixed], dim=1))  # (1, 3, 160, 192, 224), in voxels
 
     ``ddf`` follows :py:class:`monai.networks.blocks.Warp`: channel i is the displacement along spatial axis i
-    in voxels, and ``warped(p) = moving(p + ddf(p))``, so ``warped == Warp(padding_mode=warp_padding_mode)(moving, ddf)``.
+    in voxels, and the moving image registered to the fixed one is ``moving(p + ddf(p))``, e.g.
+    ``warp_with_ddf(moving, ddf)`` or ``Warp()(moving, ddf)``.
     """
 
     def __init__(
         self,
         spatial_dims: int = 3,
-        in_channels: int = 1,
+        in_channels: int = 2,
         base_channels: int = 4,
         num_clusters: int = 7,
         kmeans_iters: int = 10,
         kmeans_seed: int = 0,
         kmeans_max_points: int | None = 16384,
-        warp_padding_mode: str = "border",
         allow_nonfinite: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if in_channels < 2 or in_channels % 2:
+            raise ValueError(
+                f"in_channels counts the channels of cat([moving, fixed], dim=1), so it must be even and at least 2 "
+                f"(2 for one-channel images), got {in_channels}."
+            )
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         c = base_channels
         widths = (2 * c, 4 * c, 8 * c, 16 * c, 16 * c)
-        self.encoder = PyramidEncoder(spatial_dims, in_channels, widths, first_channels=c)
+        self.encoder = PyramidEncoder(spatial_dims, in_channels // 2, widths, first_channels=c)
         self.sac_blocks = nn.ModuleList(
             SACBlock(spatial_dims, width, num_clusters, kmeans_iters, kmeans_seed, kmeans_max_points) for width in widths[1:]
         )  # levels 2..5
@@ -99,7 +107,6 @@ class SACBNet(nn.Module):
             conv_norm_act(spatial_dims, widths[0], widths[0]),
             conv(widths[0], spatial_dims),
         )
-        self.warp_padding_mode = warp_padding_mode
         self.allow_nonfinite = bool(allow_nonfinite)
         # channels-last kernels are markedly faster for these narrow convolutions; a channels-last weight makes
         # every convolution keep that layout, even after a one-channel input
@@ -109,45 +116,40 @@ class SACBNet(nn.Module):
     def _memory_format(self) -> torch.memory_format:
         return channels_last_format(self.spatial_dims)
 
-    def _check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
+    def _check_input(self, pair: torch.Tensor) -> None:
         expected = f"(B, {self.in_channels}, " + ", ".join("HWD"[: self.spatial_dims]) + ")"
-        for name, image in (("moving", moving), ("fixed", fixed)):
-            if image.ndim != self.spatial_dims + 2 or image.shape[1] != self.in_channels:
-                raise ValueError(
-                    f"SACBNet(spatial_dims={self.spatial_dims}, in_channels={self.in_channels}) expects {name} of "
-                    f"shape {expected}, got {tuple(image.shape)}."
-                )
-        if moving.shape != fixed.shape:
+        if pair.ndim != self.spatial_dims + 2 or pair.shape[1] != self.in_channels:
             raise ValueError(
-                f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must have the same shape: resample "
-                "the pair onto one grid first (e.g. monai.transforms.Spacingd / ResampleToMatchd)."
+                f"SACBNetBackbone(spatial_dims={self.spatial_dims}, in_channels={self.in_channels}) expects one tensor "
+                f"of shape {expected}, cat([moving, fixed], dim=1) (moving channels first, then fixed), got "
+                f"{tuple(pair.shape)}."
             )
-        if fixed.shape[0] == 0:
+        if pair.shape[0] == 0:
             raise ValueError(
-                f"SACBNet got an empty batch (shape {tuple(fixed.shape)}): pass at least one pair (an empty batch "
+                f"SACBNet got an empty batch (shape {tuple(pair.shape)}): pass at least one pair (an empty batch "
                 "usually comes from an empty dataset or a sampler that gave this process no items)."
             )
-        bad = [s for s in fixed.shape[2:] if s % SIZE_DIVISOR]
+        bad = [s for s in pair.shape[2:] if s % SIZE_DIVISOR]
         if bad:
             raise ValueError(
                 f"SACBNet needs spatial sizes divisible by {SIZE_DIVISOR} (four 2x poolings), got "
-                f"{tuple(fixed.shape[2:])}: pad or crop the images, e.g. monai.transforms.DivisiblePad(k={SIZE_DIVISOR})."
+                f"{tuple(pair.shape[2:])}: pad or crop the images, e.g. monai.transforms.DivisiblePad(k={SIZE_DIVISOR})."
+            )
+        if pair.is_complex():
+            raise ValueError(
+                f"SACBNet takes real-valued images, got a pair of dtype {pair.dtype}: pass the magnitude "
+                "(image.abs()) or the real part."
             )
 
-    def _prepare_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Checked inputs in the dtype the layers take (see the class docstring)."""
-        self._check_inputs(moving, fixed)
-        for name, image in (("moving", moving), ("fixed", fixed)):
-            if image.is_complex():
-                raise ValueError(
-                    f"SACBNet takes real-valued images, got {name} of dtype {image.dtype}: pass the magnitude "
-                    "(image.abs()) or the real part."
-                )
-        if torch.is_autocast_enabled(fixed.device.type):
+    def _prepare_input(self, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked (moving, fixed) halves of the pair in the dtype the layers take (see the class docstring)."""
+        self._check_input(pair)
+        if torch.is_autocast_enabled(pair.device.type):
             dtype = torch.float32  # autocast casts for each layer; k-means and matching run in float32
         else:
             dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
-        moving, fixed = moving.to(dtype), fixed.to(dtype)
+        channels = self.in_channels // 2
+        moving, fixed = pair[:, :channels].to(dtype), pair[:, channels:].to(dtype)
         if not self.allow_nonfinite and not is_exporting():
             for name, image in (("moving", moving), ("fixed", fixed)):
                 if bool(torch.isfinite(image).all()):
@@ -177,23 +179,21 @@ class SACBNet(nn.Module):
         # grid_sample returns a contiguous tensor; the convolutions that follow are faster on channels-last input
         return torch.cat([fixed_features, warped.contiguous(memory_format=self._memory_format)], dim=0)
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pair: torch.Tensor) -> torch.Tensor:
         """
         Args:
-            moving: (B, in_channels, *S) image to be warped; S divisible by 16.
-            fixed: (B, in_channels, *S) target image.
+            pair: (B, in_channels, *S) ``torch.cat([moving, fixed], dim=1)``, moving channels first; S divisible
+                by 16.
 
         Returns:
-            ``(warped, ddf)``: the moving image warped onto the fixed image, (B, in_channels, *S), and the dense
-            displacement field in voxels, (B, spatial_dims, *S), both in the dtype of the weights (float32 under
-            autocast).
+            the dense displacement field from the fixed to the moving image grid, (B, spatial_dims, *S) in voxels,
+            in the dtype of the weights (float32 under autocast, float32 at least).
 
         Raises:
-            ValueError: wrong number of dimensions or channels, moving and fixed of different shapes, an empty
-                batch, sizes not divisible by 16, complex values, or NaN/infinite values (unless
-                ``allow_nonfinite``); the message says how to fix the input.
+            ValueError: wrong number of dimensions or channels, an empty batch, sizes not divisible by 16, complex
+                values, or NaN/infinite values (unless ``allow_nonfinite``); the message says how to fix the input.
         """
-        moving, fixed = self._prepare_inputs(moving, fixed)
+        moving, fixed = self._prepare_input(pair)
         batch = fixed.shape[0]
         # moving and fixed share every layer; one batch of 2B runs each layer once
         pyramid = self.encoder(torch.cat([fixed, moving], dim=0).contiguous(memory_format=self._memory_format))
@@ -212,25 +212,111 @@ class SACBNet(nn.Module):
         features = self.refine(self._with_warped_moving(pyramid[0], flow, batch))
         increment = self.head(torch.cat([features[:batch], features[batch:]], dim=1))
         increment = increment.to(torch.promote_types(increment.dtype, torch.float32))
-        ddf = warp_with_ddf(flow, increment).add_(increment)
-        warped = warp_with_ddf(moving, ddf.to(moving.dtype), padding_mode=self.warp_padding_mode)
-        return warped, ddf
+        return warp_with_ddf(flow, increment).add_(increment)
 
 
-class SACBNetDDF(SACBNet):
+class SACBNet(nn.Module):
     """
-    :py:class:`SACBNet` with a single input and a single output, for bundles (``verify_net_in_out``),
-    ``torch.jit.trace`` and ONNX export: ``forward(pair) -> ddf`` where ``pair`` is (B, 2 * in_channels, *S),
-    moving channels first then fixed. It has exactly SACBNet's parameters and state-dict keys, so checkpoints
-    move freely between the two; ``SACBNet.forward(net, moving, fixed)`` still gives ``(warped, ddf)``.
+    SACB-Net registration of a moving onto a fixed image: ``forward(moving, fixed) -> (warped, ddf)``, like
+    :py:class:`monai.networks.nets.VoxelMorph`. The pair is concatenated along channels and passed to the
+    backbone (by default a :py:class:`SACBNetBackbone`, which holds every layer), whose ddf then warps the
+    moving image: ``warped = warp_with_ddf(moving, ddf, padding_mode=warp_padding_mode)``.
+
+    Args:
+        backbone: a network mapping ``cat([moving, fixed], dim=1)`` to a (B, spatial_dims, *S) ddf in voxels;
+            ``None`` builds ``SACBNetBackbone(spatial_dims, 2 * in_channels, base_channels, ...)`` from the
+            arguments below. When a backbone is given, ``spatial_dims`` to ``allow_nonfinite`` are ignored; the
+            input checks then use the backbone's own ``spatial_dims`` and ``in_channels`` where it has them.
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: channels of each of the moving and fixed images (the backbone gets twice as many).
+        base_channels, num_clusters, kmeans_iters, kmeans_seed, kmeans_max_points, allow_nonfinite: see
+            :py:class:`SACBNetBackbone`.
+        warp_padding_mode: padding of the warp of the moving image ("border", like ``Warp()``, or "zeros",
+            like the published code). Feature and flow warps inside the network always use zero padding.
+
+    The state-dict keys are the backbone's under ``backbone.``. A bundle checkpoint (``bundle/models/model.pt``,
+    the state dict of a :py:class:`SACBNetBackbone`) loads with ``net.backbone.load_state_dict(state_dict)``.
+
+    Example::
+
+        net = SACBNet(spatial_dims=3)  # 1,105,591 trainable parameters
+        moving = torch.randn(1, 1, 160, 192, 224)
+        fixed = torch.randn(1, 1, 160, 192, 224)
+        warped, ddf = net(moving, fixed)  # ddf: (1, 3, 160, 192, 224), in voxels
+
+    ``ddf`` follows :py:class:`monai.networks.blocks.Warp`: channel i is the displacement along spatial axis i
+    in voxels, and ``warped(p) = moving(p + ddf(p))``, so ``warped == Warp(padding_mode=warp_padding_mode)(moving, ddf)``.
     """
 
-    def forward(self, pair: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """(B, 2 * in_channels, *S) [moving, fixed] -> ddf (B, spatial_dims, *S) in voxels."""
-        if pair.ndim != self.spatial_dims + 2 or pair.shape[1] != 2 * self.in_channels:
-            raise ValueError(
-                f"SACBNetDDF expects one tensor of shape (B, {2 * self.in_channels}, *spatial) holding the moving "
-                f"then the fixed image along channels, got {tuple(pair.shape)}."
+    def __init__(
+        self,
+        backbone: nn.Module | None = None,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        base_channels: int = 4,
+        num_clusters: int = 7,
+        kmeans_iters: int = 10,
+        kmeans_seed: int = 0,
+        kmeans_max_points: int | None = 16384,
+        allow_nonfinite: bool = False,
+        warp_padding_mode: str = "border",
+    ) -> None:
+        super().__init__()
+        if backbone is None:
+            backbone = SACBNetBackbone(
+                spatial_dims,
+                2 * in_channels,
+                base_channels,
+                num_clusters,
+                kmeans_iters,
+                kmeans_seed,
+                kmeans_max_points,
+                allow_nonfinite,
             )
-        moving, fixed = pair[:, : self.in_channels], pair[:, self.in_channels :]
-        return super().forward(moving, fixed)[1]
+        self.backbone = backbone
+        self.spatial_dims: int | None = getattr(backbone, "spatial_dims", None)
+        backbone_channels = getattr(backbone, "in_channels", None)
+        self.in_channels: int | None = None if backbone_channels is None else backbone_channels // 2
+        self.warp_padding_mode = warp_padding_mode
+
+    def _check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
+        if self.spatial_dims is not None and self.in_channels is not None:
+            expected = f"(B, {self.in_channels}, " + ", ".join("HWD"[: self.spatial_dims]) + ")"
+            for name, image in (("moving", moving), ("fixed", fixed)):
+                if image.ndim != self.spatial_dims + 2 or image.shape[1] != self.in_channels:
+                    raise ValueError(
+                        f"SACBNet(spatial_dims={self.spatial_dims}, in_channels={self.in_channels}) expects {name} of "
+                        f"shape {expected}, got {tuple(image.shape)}."
+                    )
+        if moving.shape != fixed.shape:
+            raise ValueError(
+                f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must have the same shape: resample "
+                "the pair onto one grid first (e.g. monai.transforms.Spacingd / ResampleToMatchd)."
+            )
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            moving: (B, in_channels, *S) image to be warped; S divisible by 16.
+            fixed: (B, in_channels, *S) target image.
+
+        Returns:
+            ``(warped, ddf)``: the moving image warped onto the fixed image, (B, in_channels, *S), and the dense
+            displacement field in voxels, (B, spatial_dims, *S), both in the dtype of the ddf (the weights'
+            dtype; float32 under autocast).
+
+        Raises:
+            ValueError: wrong number of dimensions or channels, moving and fixed of different shapes, and
+                whatever the backbone refuses (see :py:class:`SACBNetBackbone`); the message says how to fix
+                the input.
+        """
+        self._check_inputs(moving, fixed)
+        if moving.dtype != fixed.dtype:  # one dtype that holds both exactly, so that the concatenation is lossless
+            dtype = torch.promote_types(torch.promote_types(moving.dtype, fixed.dtype), torch.float32)
+            moving, fixed = moving.to(dtype), fixed.to(dtype)
+        ddf = self.backbone(torch.cat([moving, fixed], dim=1))
+        expected = (moving.shape[0], moving.ndim - 2, *moving.shape[2:])
+        if tuple(ddf.shape) != expected:
+            raise ValueError(f"the backbone must return a ddf of shape {expected}, got {tuple(ddf.shape)}.")
+        warped = warp_with_ddf(moving.to(ddf.dtype), ddf, padding_mode=self.warp_padding_mode)
+        return warped, ddf
