@@ -1,0 +1,112 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Resuming train.json runs (tiny default data); the checkpoint handlers alone: tests/handlers/test_checkpoint.py."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import pytest
+import torch
+
+from tests.bundle.conftest import TRAIN, run_workflow, tiny_overrides
+
+
+def _models_of(trained_root, tmp_path):
+    shutil.copytree(trained_root / "models", tmp_path / "models")
+    return tmp_path / "models"
+
+
+def test_longer_training_continues_the_schedule(tmp_path, trained_root, tiny_cache, capsys):
+    """Repro of issue 9.1: 1 epoch, then the same command with max_epochs 3 (and a new learning rate and epoch
+    length)."""
+    ckpt_dir = _models_of(trained_root, tmp_path)
+    before = torch.load(ckpt_dir / "checkpoint_epoch=1.pt", weights_only=True)
+    assert before["lr_scheduler"]["total_iters"] == 1 and before["optimizer"]["param_groups"][0]["lr"] == 0.0
+    capsys.readouterr()
+    overrides = tiny_overrides(tmp_path, tiny_cache, max_epochs=3, learning_rate=2e-4, num_samples=3)
+    workflow = run_workflow(TRAIN, **overrides)
+    out = capsys.readouterr().out
+    expected = [2e-4 * (1 - e / 3) ** 0.9 for e in (1, 2, 3)]
+    assert re.search(
+        r"learning rate schedule PolynomialLR over 3 epochs \(the checkpoint's schedule had 1\): after epoch 1 "
+        rf"the learning rate is {expected[0]:.6g} \(base 0\.0002\)",
+        out,
+    ), out[-3000:]
+    logged = [float(v) for v in re.findall(r"Current learning rate: ([0-9.e-]+)", out)]
+    assert logged == pytest.approx(expected[1:], rel=1e-6, abs=1e-12)  # after epochs 2 and 3 (the last: 0)
+    assert "the checkpoint's epochs had 2 iterations, this run's have 3: 1 epochs done, counted as iteration 3" in out
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert (trainer.state.epoch, trainer.state.iteration) == (3, 9)
+    after = torch.load(ckpt_dir / "checkpoint_epoch=3.pt", weights_only=True)
+    assert after["lr_scheduler"]["total_iters"] == 3
+    assert after["trainer"]["iteration"] // after["trainer"]["epoch_length"] == 3  # what a later resume reads
+    changed = [k for k, v in before["model"].items() if not torch.equal(v, after["model"][k])]
+    assert len(changed) > len(before["model"]) // 2  # it trained (at learning rate 0 nothing would change)
+    assert [e for e, _ in after["key_metric"]["history"]] == [1, 2, 3]
+
+
+def test_fewer_epochs_than_done_are_refused(tmp_path, trained_root, tiny_cache):
+    ckpt_dir = _models_of(trained_root, tmp_path)
+    checkpoint = torch.load(ckpt_dir / "checkpoint_epoch=1.pt", weights_only=True)
+    checkpoint["trainer"]["iteration"] = 4  # as if 2 epochs were done
+    torch.save(checkpoint, ckpt_dir / "checkpoint_epoch=2.pt")
+    with pytest.raises(Exception) as info:
+        run_workflow(TRAIN, **tiny_overrides(tmp_path, tiny_cache, max_epochs=1))
+    expected = r"checkpoint_epoch=2\.pt has 2 epochs done, more than max_epochs=1: pass --max_epochs 2"
+    assert re.search(expected, _chain(info))
+
+
+def test_model_pt_is_restored_when_the_run_stopped_before_it(tmp_path, trained_root, tiny_cache, capsys):
+    ckpt_dir = _models_of(trained_root, tmp_path)
+    checkpoint = torch.load(ckpt_dir / "checkpoint_epoch=1.pt", weights_only=True)
+    assert checkpoint["key_metric"]["best_epoch"] == 1
+    (ckpt_dir / "model.pt").unlink()  # killed after the checkpoint, before model.pt
+    capsys.readouterr()
+    run_workflow(TRAIN, **tiny_overrides(tmp_path, tiny_cache, max_epochs=1))  # nothing left to train
+    assert "model.pt restored from" in capsys.readouterr().out
+    restored = torch.load(ckpt_dir / "model.pt", weights_only=True)
+    assert all(torch.equal(restored[k], v) for k, v in checkpoint["model"].items())
+
+
+def test_damaged_newer_checkpoint_is_skipped_and_reported(tmp_path, trained_root, tiny_cache, capsys):
+    ckpt_dir = _models_of(trained_root, tmp_path)
+    (ckpt_dir / "checkpoint_epoch=2.pt").write_bytes(b"")
+    (ckpt_dir / ".checkpoint_epoch=2.pt.123.abcd1234.tmp").write_bytes(b"half")
+    capsys.readouterr()
+    workflow = run_workflow(TRAIN, **tiny_overrides(tmp_path, tiny_cache, max_epochs=2))
+    out = capsys.readouterr().out
+    assert re.search(r"skipping checkpoint .*checkpoint_epoch=2\.pt: unreadable", out), out[-3000:]
+    assert "removed 1 temporary files of an interrupted write" in out
+    assert re.search(r"resumed from .*checkpoint_epoch=1\.pt: epoch 1 of 2 done", out)
+    assert workflow.parser.get_parsed_content("train#trainer").state.iteration == 4
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["checkpoint_epoch=2.pt", "model.pt"]
+    assert torch.load(ckpt_dir / "checkpoint_epoch=2.pt", weights_only=True)["trainer"]["iteration"] == 4
+
+
+def test_model_pt_without_checkpoint_is_not_overwritten_silently(tmp_path, trained_root, tiny_cache):
+    os.makedirs(tmp_path / "models")
+    shutil.copy(trained_root / "models" / "model.pt", tmp_path / "models" / "model.pt")
+    (tmp_path / "models" / "checkpoint_epoch=2.pt").write_bytes(b"")  # as the non-atomic saver could leave
+    with pytest.raises(Exception) as info:
+        run_workflow(TRAIN, **tiny_overrides(tmp_path, tiny_cache, max_epochs=1))
+    message = _chain(info)
+    assert "model.pt exists but there is no complete checkpoint_epoch=*.pt" in message
+    assert "checkpoint_epoch=2.pt: unreadable" in message and "--resume False" in message
+    original = torch.load(trained_root / "models" / "model.pt", weights_only=True)
+    kept = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(kept[k], v) for k, v in original.items())
+    run_workflow(TRAIN, **tiny_overrides(tmp_path, tiny_cache, max_epochs=1, resume=False))  # the explicit way
+    assert (tmp_path / "models" / "checkpoint_epoch=1.pt").is_file()
+    assert not (tmp_path / "models" / "checkpoint_epoch=2.pt").exists()  # the damaged file is gone
+
+
+def _chain(info) -> str:
+    """All messages along an exception chain (MONAI wraps errors of the config components)."""
+    error, messages = info.value, []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)

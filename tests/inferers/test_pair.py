@@ -1,0 +1,104 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+
+from monai.networks.blocks import Warp
+
+import monai_sacb.inferers.pair as pair_module
+from monai_sacb.inferers import PairInferer, symmetric_ddf
+from monai_sacb.networks import SACBNet, SACBNetBackbone
+
+
+class _Constant(torch.nn.Module):
+    """A 'network' that predicts the same ddf whatever the order of its inputs (a pure bias)."""
+
+    def forward(self, pair):
+        ddf = torch.zeros(pair.shape[0], 3, *pair.shape[2:])
+        ddf[:, 0] = 1.5
+        ddf[:, 2] = -0.5
+        return ddf
+
+
+class _Translation(torch.nn.Module):
+    """Registers by a known translation: +t for (moving, fixed) = (a, b), -t for (b, a) (exact inverses)."""
+
+    def __init__(self, reference):
+        super().__init__()
+        self.reference = reference
+
+    def forward(self, pair):
+        sign = torch.where(torch.isclose(pair[:, :1], self.reference).flatten(1).all(1), 1.0, -1.0)
+        ddf = torch.zeros(pair.shape[0], 3, *pair.shape[2:])
+        ddf[:, 1] = 2.0 * sign.view(-1, 1, 1, 1)
+        return ddf
+
+
+def test_outputs_equal_sacbnet_on_the_same_backbone():
+    torch.manual_seed(0)
+    backbone = SACBNetBackbone(base_channels=2, kmeans_iters=2).eval()
+    moving, fixed = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        out = PairInferer()(torch.cat([moving, fixed], dim=1), backbone)
+        warped, ddf = SACBNet(backbone=backbone)(moving, fixed)
+    assert set(out) == {"warped_image", "ddf"}
+    torch.testing.assert_close(out["ddf"], ddf)
+    torch.testing.assert_close(out["warped_image"], warped)
+
+
+def test_warped_image_is_monai_warp_of_the_moving_image_and_warped_once():
+    moving, fixed = torch.rand(2, 1, 8, 8, 8), torch.rand(2, 1, 8, 8, 8)
+    with mock.patch.object(pair_module, "warp_with_ddf", wraps=pair_module.warp_with_ddf) as spy:
+        out = PairInferer()(torch.cat([moving, fixed], dim=1), _Constant())
+    assert spy.call_count == 1
+    expected = Warp(mode="bilinear", padding_mode="border")(moving, out["ddf"])
+    torch.testing.assert_close(out["warped_image"], expected)
+
+
+def test_refine_gets_the_network_field_and_its_result_is_used():
+    moving, fixed = torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8)
+    seen = {}
+
+    def refine(m, f, ddf):
+        seen["args"] = (m, f, ddf.clone())
+        return ddf + 1.0
+
+    out = PairInferer(refine=refine)(torch.cat([moving, fixed], dim=1), _Constant())
+    assert torch.equal(seen["args"][0], moving) and torch.equal(seen["args"][1], fixed)
+    torch.testing.assert_close(out["ddf"], seen["args"][2] + 1.0)
+    with pytest.raises(ValueError, match="refine must be callable"):
+        PairInferer(refine=3)
+
+
+def test_symmetric_inference_cancels_an_order_independent_bias():
+    pair = torch.rand(2, 2, 8, 8, 8)
+    plain = PairInferer()(pair, _Constant())["ddf"]
+    symmetric = PairInferer(symmetric=True)(pair, _Constant())["ddf"]
+    assert float(plain.abs().max()) == 1.5
+    torch.testing.assert_close(symmetric, torch.zeros_like(symmetric), atol=1e-6, rtol=0)
+
+
+def test_symmetric_inference_keeps_inverse_consistent_fields():
+    moving, fixed = torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8)
+    pair = torch.cat([moving, fixed], dim=1)
+    out = PairInferer(symmetric=True)(pair, _Translation(moving))
+    expected = torch.zeros_like(out["ddf"])
+    expected[:, 1] = 2.0
+    torch.testing.assert_close(out["ddf"], expected)
+    torch.testing.assert_close(out["warped_image"], PairInferer()(pair, _Translation(moving))["warped_image"])
+
+
+def test_symmetric_ddf_of_exact_inverses_is_the_forward_field():
+    forward = torch.zeros(1, 3, 8, 8, 8)
+    forward[:, 0] = 1.0
+    torch.testing.assert_close(symmetric_ddf(forward, -forward), forward)
+
+
+def test_odd_channel_count_is_refused():
+    with pytest.raises(ValueError, match="even number of channels"):
+        PairInferer()(torch.rand(1, 3, 8, 8, 8), _Constant())
