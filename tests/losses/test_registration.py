@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.losses import BendingEnergyLoss, DiffusionLoss, GlobalMutualInformationLoss
+from monai.losses import (
+    BendingEnergyLoss,
+    DiffusionLoss,
+    GlobalMutualInformationLoss,
+    LocalNormalizedCrossCorrelationLoss,
+)
 
-from monai_sacb.losses import ForwardDiffusionLoss, RegistrationLoss
-
-
-def _ramp_ddf(shape, slopes):
-    """ddf whose channel i is slopes[i] * coordinate along axis i, shape (1, 3, *shape)."""
-    grids = torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in shape], indexing="ij")
-    return torch.stack([a * g for a, g in zip(slopes, grids)])[None]
+from monai_sacb.losses import (
+    PAPER_REG_WEIGHTS,
+    REGULARIZATION_NAMES,
+    SIMILARITY_NAMES,
+    FastLocalNormalizedCrossCorrelationLoss,
+    ForwardDiffusionLoss,
+    RegistrationLoss,
+)
 
 
 @pytest.fixture
@@ -37,36 +43,6 @@ def test_default_is_the_papers_ncc_window():
     assert loss.similarity.kernel_size == 9
     assert torch.equal(loss.similarity.kernel, torch.ones(9))  # rectangular
     assert isinstance(loss.regularization, ForwardDiffusionLoss)
-
-
-def test_diffusion_of_a_linear_ramp_matches_hand_computation():
-    # channel 0 = 0.5 * x, channel 1 = 0, channel 2 = 0.2 * z: forward differences are 0.5 (axis 0 of
-    # channel 0) and 0.2 (axis 2 of channel 2), zero elsewhere. Per axis, the mean over the 3 channels is
-    # 0.25 / 3 (axis 0), 0 (axis 1), 0.04 / 3 (axis 2); the mean over the 3 axes is 0.29 / 9.
-    ddf = _ramp_ddf((8, 10, 12), (0.5, 0.0, 0.2))
-    expected = (0.5**2 + 0.2**2) / 9
-    assert ForwardDiffusionLoss()(ddf).item() == pytest.approx(expected, rel=1e-6)
-    # MONAI's central-difference DiffusionLoss sums over axes: 3x on an affine field (documented)
-    assert DiffusionLoss()(ddf).item() == pytest.approx(3 * expected, rel=1e-5)
-
-
-def test_diffusion_hand_computation_random_field():
-    torch.manual_seed(1)
-    ddf = torch.randn(2, 3, 5, 6, 7)
-    per_axis = [
-        ((ddf[:, :, 1:] - ddf[:, :, :-1]) ** 2).mean(),
-        ((ddf[:, :, :, 1:] - ddf[:, :, :, :-1]) ** 2).mean(),
-        ((ddf[..., 1:] - ddf[..., :-1]) ** 2).mean(),
-    ]
-    assert ForwardDiffusionLoss()(ddf).item() == pytest.approx(sum(per_axis).item() / 3, rel=1e-6)
-    assert ForwardDiffusionLoss(reduction="none")(ddf).shape == (2,)
-
-
-def test_forward_diffusion_penalises_a_checkerboard():
-    ddf = torch.zeros(1, 2, 6, 6)
-    ddf[:, :, ::2] = 1.0  # alternates along axis 0
-    assert DiffusionLoss()(ddf).item() == 0.0  # central differences miss it
-    assert ForwardDiffusionLoss()(ddf).item() == pytest.approx(0.5)  # axis 0: 1, axis 1: 0
 
 
 def test_constant_ddf_has_no_regularization(images):
@@ -95,6 +71,15 @@ def test_pred_tuple_for_supervised_trainer(images):
     assert torch.allclose(loss((images, ddf), fixed), loss(images, fixed, ddf))
     with pytest.raises(ValueError, match="ddf is missing"):
         loss(images, fixed)
+
+
+def test_pred_dict_of_the_pair_inferer(images):
+    torch.manual_seed(3)
+    fixed, ddf = torch.rand_like(images), torch.randn(2, 3, 16, 16, 16)
+    loss = RegistrationLoss(reg_weight=3.0)
+    assert torch.equal(loss({"warped_image": images, "ddf": ddf}, fixed), loss(images, fixed, ddf))
+    with pytest.raises(ValueError, match="ddf is missing"):
+        loss({"warped_image": images}, fixed)
 
 
 def test_gradients_flow_to_warped_and_ddf(images):
@@ -191,3 +176,46 @@ def test_plugs_into_supervised_trainer():
     assert torch.isfinite(trainer.state.output["loss"])
     assert set(loss.last_terms) == {"similarity", "regularization", "loss"}
     assert trainer.state.output["loss"].item() == pytest.approx(loss.last_terms["loss"].item())
+
+
+def test_registration_loss_similarities():
+    assert {"lncc", "sacb_ncc", "monai_lncc"} <= set(SIMILARITY_NAMES)
+    fast = RegistrationLoss(similarity="lncc")
+    sacb = RegistrationLoss(similarity="sacb_ncc")
+    reference = RegistrationLoss(similarity="monai_lncc")
+    assert isinstance(fast.similarity, FastLocalNormalizedCrossCorrelationLoss) and fast.similarity.variant == "monai"
+    assert isinstance(sacb.similarity, FastLocalNormalizedCrossCorrelationLoss) and sacb.similarity.variant == "sacb"
+    assert isinstance(reference.similarity, LocalNormalizedCrossCorrelationLoss)
+    for loss in (fast, sacb, reference):
+        assert loss.similarity.kernel_size == 9
+    torch.manual_seed(0)
+    moving, fixed, ddf = torch.rand(1, 1, 12, 12, 12), torch.rand(1, 1, 12, 12, 12), torch.randn(1, 3, 12, 12, 12)
+    assert fast(moving, fixed, ddf).item() == pytest.approx(reference(moving, fixed, ddf).item(), abs=1e-6)
+    assert sacb(moving, fixed, ddf).item() == pytest.approx(reference(moving, fixed, ddf).item(), rel=1e-3)
+    small = RegistrationLoss(similarity="sacb_ncc", spatial_dims=2, similarity_kwargs={"kernel_size": 5})
+    assert small.similarity.kernel_size == 5 and small.similarity.ndim == 2
+
+
+def test_every_listed_name_builds():
+    assert SIMILARITY_NAMES == ("lncc", "mse", "mi", "sacb_ncc", "monai_lncc")
+    assert REGULARIZATION_NAMES == ("diffusion", "bending", "monai_diffusion")
+    x = torch.rand(1, 1, 10, 10, 10)
+    ramp = torch.zeros(1, 3, 10, 10, 10)
+    ramp[:, 0] = 0.5 * torch.arange(10.0).view(10, 1, 1)  # forward differences 0.5 along axis 0 of channel 0
+    for name in SIMILARITY_NAMES:
+        loss = RegistrationLoss(similarity=name.upper(), reg_weight=0.0)
+        assert loss.similarity_name == name and torch.isfinite(loss(x, x, ramp))
+    expected_reg = {
+        "diffusion": 0.25 / 9,  # 0.25 on axis 0 of channel 0, averaged over 3 channels and 3 axes
+        "monai_diffusion": 3 * 0.25 / 9,  # summed over the axes
+        "bending": 0.0,  # a linear field has no second derivative
+    }
+    for name in REGULARIZATION_NAMES:
+        loss = RegistrationLoss(similarity="mse", regularization=name)
+        loss(x, x, ramp)
+        assert loss.last_terms["regularization"].item() == pytest.approx(expected_reg[name], abs=1e-6)
+
+
+def test_paper_reg_weights():
+    # the lambda of the SACB-Net paper per data set
+    assert PAPER_REG_WEIGHTS == {"ixi": 3.0, "lpba": 1.0, "abdomen_ct": 0.3}
