@@ -25,4 +25,4 @@ from .synthesis import (
     random_velocity_ddf,
     synthesize_image,
 )
-from .warp import Warpd
+from .spatial import Warpd

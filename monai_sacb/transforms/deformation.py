@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type, ensure_tuple
 
-from monai_sacb.networks.blocks.warp import ddf_sampling_grid
+from monai_sacb.networks.blocks.warp import warp_with_ddf
 
 __all__ = ["random_smooth_field", "random_smooth_ddf", "RandSmoothDeformd", "RandSyntheticPaird"]
 
@@ -134,38 +133,20 @@ def _range(value: float | Sequence[float]) -> tuple[float, float]:
     return float(low), float(high)
 
 
-class _Warper:
+def _warp(img: Any, ddf: torch.Tensor, padding_mode: str, nearest: bool) -> Any:
     """
-    Backward warping of ``(C, *spatial)`` arrays by one ``(spatial_dims, *spatial)`` ddf.
-
-    Same arithmetic as :py:class:`monai.networks.blocks.Warp` (``grid_sample``, ``align_corners=True``), but the
-    sampling grid is built once per field and shared by the images and the labels of a sample.
+    A ``(C, *spatial)`` array warped by a ``(spatial_dims, *spatial)`` ddf (:py:func:`warp_with_ddf`, computed in
+    the ddf's dtype): labels (``nearest``) keep their dtype; images come back as floats even when given as integers.
     """
-
-    def __init__(self, padding_mode: str = "border") -> None:
-        self.padding_mode = padding_mode
-        self._grid: torch.Tensor | None = None
-
-    def set_ddf(self, ddf: torch.Tensor) -> None:
-        self._grid = ddf_sampling_grid(ddf[None])
-
-    def __call__(self, img: Any, nearest: bool) -> Any:
-        if self._grid is None:
-            raise RuntimeError("call set_ddf first.")
-        x = torch.as_tensor(img.as_tensor() if hasattr(img, "as_tensor") else img)
-        src_dtype = x.dtype
-        out = F.grid_sample(
-            x[None].to(dtype=self._grid.dtype, device=self._grid.device),
-            self._grid,
-            mode="nearest" if nearest else "bilinear",
-            padding_mode=self.padding_mode,
-            align_corners=True,
-        )[0]
-        if nearest and not src_dtype.is_floating_point:
-            out = out.round()
-        # labels keep their dtype; images come back as floats even when given as integers
-        dtype = src_dtype if nearest or src_dtype.is_floating_point else torch.float32
-        return convert_to_dst_type(out, img, dtype=dtype)[0]
+    x = torch.as_tensor(img.as_tensor() if hasattr(img, "as_tensor") else img)
+    src_dtype = x.dtype
+    if nearest and not src_dtype.is_floating_point:
+        x = x.to(device=ddf.device)  # integer labels: warp_with_ddf keeps their values and dtype
+    else:
+        x = x.to(device=ddf.device, dtype=ddf.dtype)
+    out = warp_with_ddf(x[None], ddf[None], padding_mode, mode="nearest" if nearest else "bilinear")[0]
+    dtype = src_dtype if nearest or src_dtype.is_floating_point else torch.float32
+    return convert_to_dst_type(out, img, dtype=dtype)[0]
 
 
 class RandSmoothDeformd(RandomizableTransform, MapTransform):
@@ -206,7 +187,7 @@ class RandSmoothDeformd(RandomizableTransform, MapTransform):
         self.max_displacement = _range(max_displacement)
         self.control_spacing = control_spacing
         self.ddf_key = ddf_key
-        self._warper = _Warper(padding_mode)
+        self.padding_mode = padding_mode
         self._ddf: torch.Tensor | None = None
 
     def randomize(self, spatial_shape: Sequence[int], device: torch.device | None = None) -> None:  # type: ignore[override]
@@ -225,9 +206,8 @@ class RandSmoothDeformd(RandomizableTransform, MapTransform):
         spatial_shape = first.shape[1:]
         self.randomize(spatial_shape, device=first.device)
         if self._ddf is not None:
-            self._warper.set_ddf(self._ddf)
             for key in present:
-                d[key] = self._warper(d[key], nearest=key in self.label_keys)
+                d[key] = _warp(d[key], self._ddf, self.padding_mode, nearest=key in self.label_keys)
         if self.ddf_key is not None:
             ddf = self._ddf if self._ddf is not None else torch.zeros((len(spatial_shape), *spatial_shape))
             d[self.ddf_key] = ddf
@@ -302,7 +282,7 @@ class RandSyntheticPaird(RandomizableTransform, MapTransform):
             "moving": (moving_image_key, moving_label_key),
             "fixed": (fixed_image_key, fixed_label_key),
         }
-        self._warper = _Warper(padding_mode)
+        self.padding_mode = padding_mode
 
     def randomize(self, data: Any = None) -> None:
         # all draws happen in _side, in a fixed order, from self.R
@@ -334,11 +314,10 @@ class RandSyntheticPaird(RandomizableTransform, MapTransform):
         magnitude = self.R.uniform(*self.max_displacement)
         device = torch.as_tensor(image).device
         ddf = random_smooth_ddf(spatial_shape, magnitude, self.control_spacing, rng=self.R, device=device)
-        self._warper.set_ddf(ddf)
-        warped = self._warper(image, nearest=False)
+        warped = _warp(image, ddf, self.padding_mode, nearest=False)
         plain = warped.as_tensor() if hasattr(warped, "as_tensor") else torch.as_tensor(warped)
         warped = convert_to_dst_type(self._intensity(plain.float()), warped)[0]
-        warped_label = self._warper(label, nearest=True) if label is not None else None
+        warped_label = _warp(label, ddf, self.padding_mode, nearest=True) if label is not None else None
         return warped, warped_label, ddf
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type
 
-from monai_sacb.networks.blocks.warp import ddf_sampling_grid, resize_ddf
+from monai_sacb.networks.blocks.warp import resize_ddf, warp_with_ddf
 from monai_sacb.transforms.deformation import random_smooth_field
 
 __all__ = [
@@ -34,12 +34,6 @@ __all__ = [
     "synthesize_image",
     "RandLabelSynthPaird",
 ]
-
-
-def _sample(volume: torch.Tensor, ddf: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
-    """(C, *S) volume sampled at ``p + ddf(p)``; ``ddf`` (dims, *S) in voxels."""
-    grid = ddf_sampling_grid(ddf[None].to(volume.dtype))
-    return F.grid_sample(volume[None], grid, mode=mode, padding_mode=padding_mode, align_corners=True)[0]
 
 
 def integrate_velocity(velocity: torch.Tensor, num_steps: int = 7) -> torch.Tensor:
@@ -61,7 +55,7 @@ def integrate_velocity(velocity: torch.Tensor, num_steps: int = 7) -> torch.Tens
         raise ValueError(f"velocity must have shape (spatial_dims, *spatial), got {tuple(velocity.shape)}.")
     ddf = velocity / (2**num_steps)
     for _ in range(num_steps):
-        ddf = ddf + _sample(ddf, ddf, "bilinear", "border")
+        ddf = ddf + warp_with_ddf(ddf[None], ddf[None], "border")[0]
     return ddf
 
 
@@ -305,7 +299,7 @@ class RandLabelSynthPaird(RandomizableTransform, MapTransform):
             rotation, scaling, translation = self.affine
             affine = random_affine_ddf(spatial_shape, rotation, scaling, translation, rng=self.R, device=device)
             # composed displacement: side(p) = source(q + affine(q)) with q = p + ddf(p)
-            ddf = ddf + _sample(affine, ddf, "bilinear", "border")
+            ddf = ddf + warp_with_ddf(affine[None], ddf[None], "border")[0]
         return ddf
 
     def _artefacts(self, image: torch.Tensor) -> torch.Tensor:
@@ -352,9 +346,9 @@ class RandLabelSynthPaird(RandomizableTransform, MapTransform):
                 num_values, self.R, self.mean_range, self.std_range, self.background_zero_prob, device
             )
         for side, ddf in zip(("moving", "fixed"), ddfs):
-            side_label = _sample(label.float(), ddf, "nearest", "zeros").round()
+            side_label = warp_with_ddf(label.float()[None], ddf[None], "zeros", mode="nearest")[0].round()
             if real:
-                side_image = _sample(image, ddf, "bilinear", "zeros")
+                side_image = warp_with_ddf(image[None], ddf[None], "zeros")[0]
             else:
                 side_image, _, _ = synthesize_image(
                     side_label, self.R, self.mean_range, self.std_range, self.background_zero_prob, means, stds

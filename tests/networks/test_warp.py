@@ -55,3 +55,62 @@ def test_padding_mode_matters_and_identity_is_exact():
 def test_bad_ddf_shape_raises_value_error():
     with pytest.raises(ValueError, match="ddf must be"):
         warp_with_ddf(torch.rand(1, 1, 4, 4, 4), torch.rand(1, 2, 4, 4, 4))
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 6, 5, 7), (2, 1, 12, 4, 5), (2, 3, 9, 7)])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_nearest_equals_monai_warp(shape, padding_mode, threads):
+    generator = torch.Generator().manual_seed(1)
+    spatial_dims = len(shape) - 2
+    image = torch.randn(shape, generator=generator)
+    ddf = torch.randn(shape[0], spatial_dims, *shape[2:], generator=generator) * 3
+    out = warp_with_ddf(image, ddf, padding_mode, mode="nearest")
+    expected = Warp(mode="nearest", padding_mode=padding_mode)(image, ddf)
+    assert torch.equal(out, expected)
+    # every output value is one of the input's (or the zero padding): nothing is interpolated
+    assert set(out.unique().tolist()) <= set(image.unique().tolist()) | {0.0}
+
+
+def test_bicubic_2d_equals_monai_warp():
+    generator = torch.Generator().manual_seed(2)
+    image = torch.randn(2, 2, 9, 7, generator=generator, dtype=torch.float64)
+    ddf = torch.randn(2, 2, 9, 7, generator=generator, dtype=torch.float64)
+    expected = Warp(mode="bicubic", padding_mode="border")(image, ddf)
+    torch.testing.assert_close(warp_with_ddf(image, ddf, "border", "bicubic"), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int16, torch.uint8, torch.bool])
+def test_integer_labels_keep_their_values_and_dtype_under_nearest(dtype, threads):
+    generator = torch.Generator().manual_seed(3)
+    top = 2 if dtype == torch.bool else 200
+    labels = torch.randint(0, top, (1, 1, 12, 6, 5), generator=generator).to(dtype)
+    ddf = torch.randn(1, 3, 12, 6, 5, generator=generator) * 2.5
+    out = warp_with_ddf(labels, ddf, "border", mode="nearest")
+    assert out.dtype == dtype and out.shape == labels.shape
+    expected = Warp(mode="nearest", padding_mode="border")(labels.float(), ddf)
+    assert torch.equal(out, expected.to(dtype))
+    assert set(out.unique().tolist()) <= set(labels.unique().tolist())
+
+
+def test_integer_image_under_bilinear_is_rounded_into_its_dtype():
+    image = torch.tensor([[[0, 10, 20, 30]]], dtype=torch.int32)[..., None].expand(1, 1, 4, 3).contiguous()
+    ddf = torch.zeros(1, 2, 4, 3)
+    ddf[:, 0] = 0.26  # a quarter of the way to the next row, plus a little: 2.6 -> 3, 12.6 -> 13
+    out = warp_with_ddf(image, ddf, "border")
+    assert out.dtype == torch.int32
+    assert out[0, 0, :, 0].tolist() == [3, 13, 23, 30]
+
+
+def test_ddf_takes_the_floating_image_dtype():
+    image = torch.rand(1, 2, 6, 6, 6, dtype=torch.float64)
+    ddf = torch.rand(1, 3, 6, 6, 6)
+    out = warp_with_ddf(image, ddf)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, warp_with_ddf(image, ddf.double()), rtol=0, atol=0)
+
+
+def test_bad_mode_and_complex_image():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        warp_with_ddf(torch.rand(1, 1, 4, 4), torch.rand(1, 2, 4, 4), mode="trilinear")
+    with pytest.raises(ValueError, match="real-valued"):
+        warp_with_ddf(torch.rand(1, 1, 4, 4).to(torch.complex64), torch.rand(1, 2, 4, 4))

@@ -12,6 +12,8 @@ from monai_sacb.networks.utils import is_exporting
 
 __all__ = ["ddf_sampling_grid", "resize_ddf", "warp_with_ddf"]
 
+_MODES = ("bilinear", "nearest", "bicubic")
+
 
 def _thread_chunks(image: torch.Tensor) -> int:
     """
@@ -39,21 +41,29 @@ def ddf_sampling_grid(ddf: torch.Tensor) -> torch.Tensor:
     return grid.mul_(2).div_(torch.tensor(sizes, dtype=grid.dtype, device=grid.device)).sub_(1)
 
 
-def warp_with_ddf(image: torch.Tensor, ddf: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+def warp_with_ddf(
+    image: torch.Tensor, ddf: torch.Tensor, padding_mode: str = "zeros", mode: str = "bilinear"
+) -> torch.Tensor:
     """
-    Backward warping with a dense displacement field: ``out(p) = image(p + ddf(p))``, (bi/tri)linear
-    interpolation with ``align_corners=True``. The same function as
-    ``monai.networks.blocks.Warp(mode="bilinear", padding_mode=padding_mode)(image, ddf)``, with the same
-    coordinate arithmetic, but one allocation for the sampling grid instead of several (on CPU, fresh memory
-    costs more than these element-wise passes) and no cached reference grid to keep on the right device.
+    Backward warping with a dense displacement field: ``out(p) = image(p + ddf(p))``, sampled with
+    ``align_corners=True``. The same function as
+    ``monai.networks.blocks.Warp(mode=mode, padding_mode=padding_mode)(image, ddf)``, with the same coordinate
+    arithmetic, but one allocation for the sampling grid instead of several (on CPU, fresh memory costs more than
+    these element-wise passes) and no cached reference grid to keep on the right device. This is the one warp of
+    the package: the networks, the transforms and the engines all call it.
 
     Args:
-        image: (B, C, *S) tensor, 2 or 3 spatial dimensions, any memory format.
-        ddf: (B, spatial_dims, *S) displacement in voxels, channel i along spatial axis i.
+        image: (B, C, *S) tensor, 2 or 3 spatial dimensions, any memory format. A floating image is warped in
+            its own dtype (``ddf`` is cast to it); an integer or boolean image (e.g. a label map) is warped in the
+            ddf's floating dtype (float32 at least), rounded and returned in its own dtype, so that ``"nearest"``
+            keeps label values exactly.
+        ddf: (B, spatial_dims, *S) displacement in voxels, channel i along spatial axis i, on ``image``'s device.
         padding_mode: ``grid_sample`` padding outside the image: "zeros", "border" or "reflection".
+        mode: ``grid_sample`` interpolation: "bilinear" ((bi/tri)linear, differentiable), "nearest" (label maps;
+            not differentiable) or "bicubic" (2D only, as in PyTorch).
 
     Returns:
-        (B, C, *S) warped image (contiguous).
+        (B, C, *S) warped image (contiguous), in ``image``'s dtype.
 
     On CPU, a single 3D sample is cut into as many slabs as there are threads and warped as a batch, since
     PyTorch's CPU ``grid_sample`` parallelises over the batch only (1.7x faster on 2 threads; same values).
@@ -65,15 +75,23 @@ def warp_with_ddf(image: torch.Tensor, ddf: torch.Tensor, padding_mode: str = "z
     expected = (image.shape[0], spatial_dims, *spatial_shape)
     if tuple(ddf.shape) != expected:
         raise ValueError(f"ddf must be {expected} for an image of shape {tuple(image.shape)}, got {tuple(ddf.shape)}.")
-    grid = ddf_sampling_grid(ddf)
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
+    if not image.is_floating_point():
+        if image.is_complex():
+            raise ValueError(f"image must be real-valued, got dtype {image.dtype}.")
+        dtype = torch.promote_types(ddf.dtype, torch.float32)
+        out = warp_with_ddf(image.to(dtype), ddf.to(dtype), padding_mode, mode)
+        return out.round_().to(image.dtype)
+    grid = ddf_sampling_grid(ddf.to(image.dtype))
     chunks = _thread_chunks(image)
     if chunks == 1:
-        return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+        return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
     # the output slabs become a batch over one shared (expanded, not copied) input: same values, all threads busy
     slabs = F.grid_sample(
         image.expand(chunks, *image.shape[1:]),
         grid.view(chunks, spatial_shape[0] // chunks, *spatial_shape[1:], spatial_dims),
-        mode="bilinear",
+        mode=mode,
         padding_mode=padding_mode,
         align_corners=True,
     )  # (chunks, C, S0 / chunks, ...)

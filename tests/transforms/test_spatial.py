@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.networks.blocks import Warp
 
 from monai_sacb.transforms import Warpd
+from monai_sacb.transforms.spatial import Warpd as SpatialWarpd
 
 SPATIAL = (12, 10, 8)
 
@@ -108,3 +110,38 @@ def test_errors(item):
         Warpd("moving_image", ddf_key="flow")(item)
     with pytest.raises(ValueError, match="one entry per key"):
         Warpd(["a", "b"], output_keys=["c"])
+
+
+def test_importable_from_the_spatial_module():
+    assert SpatialWarpd is Warpd
+
+
+@pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp")
+@pytest.mark.parametrize("mode, padding_mode", [("bilinear", "border"), ("nearest", "zeros"), ("bilinear", "reflection")])
+def test_equals_monai_warp(item, mode, padding_mode):
+    torch.manual_seed(2)
+    item["ddf"] = 3 * torch.randn(3, *SPATIAL)
+    out = Warpd("moving_image", mode=mode, padding_mode=padding_mode)(item)["moving_image"]
+    expected = Warp(mode=mode, padding_mode=padding_mode)(item["moving_image"].as_tensor()[None], item["ddf"][None])[0]
+    torch.testing.assert_close(out.as_tensor(), expected, rtol=0, atol=1e-6)
+
+
+def test_dtypes_follow_the_image(item):
+    torch.manual_seed(3)
+    item["ddf"] = 1.5 * torch.randn(3, *SPATIAL, dtype=torch.float64)
+    item["int16"] = (1000 * item["moving_image"].as_tensor()).to(torch.int16)
+    item["half"] = item["moving_image"].as_tensor().half()
+    item["double"] = item["moving_image"].as_tensor().double()
+    out = Warpd(["int16", "half", "double"])(item)
+    assert out["int16"].dtype == torch.int16  # bilinear values rounded into the image's integer dtype
+    assert out["half"].dtype == torch.float32  # warped in float32
+    assert out["double"].dtype == torch.float64
+    as_float = Warpd("int16")({"int16": item["int16"].float(), "ddf": item["ddf"]})["int16"]
+    assert torch.equal(out["int16"], as_float.round().to(torch.int16))
+
+
+def test_applied_operations_come_from_the_reference(item):
+    item["fixed_image"].applied_operations = [{"class": "Spacingd", "extra_info": {}}]
+    out = _warp()(item)
+    assert out["moving_image"].applied_operations == item["fixed_image"].applied_operations
+    assert out["moving_image"].applied_operations is not item["fixed_image"].applied_operations

@@ -4,30 +4,31 @@
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Hashable, Mapping
 from typing import Any
 
 import torch
-
 from monai.config import KeysCollection, SequenceStr
 from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
-from monai.networks.blocks import Warp
 from monai.transforms import MapTransform
 from monai.utils import GridSampleMode, GridSamplePadMode, ensure_tuple, ensure_tuple_rep
+
+from monai_sacb.networks.blocks.warp import warp_with_ddf
 
 __all__ = ["Warpd"]
 
 
 class Warpd(MapTransform):
     """
-    Warp the arrays under ``keys`` with the displacement field under ``ddf_key``, using
-    :py:class:`monai.networks.blocks.Warp`: ``out(p) = img(p + ddf(p))`` (backward warping, ddf in voxels,
-    channel i along spatial axis i, sampling with ``align_corners=True``).
+    Warp the arrays under ``keys`` with the displacement field under ``ddf_key``:
+    ``out(p) = img(p + ddf(p))`` (backward warping, ddf in voxels, channel i along spatial axis i, sampling with
+    ``align_corners=True``), by :py:func:`monai_sacb.networks.blocks.warp_with_ddf`, the same function as
+    :py:class:`monai.networks.blocks.Warp`.
 
     Shapes (no batch dimension, as in any dictionary transform): image (C, *spatial), ddf
-    (spatial_dims, *spatial) with the same spatial size, 2D or 3D. The computation runs on the ddf's device.
+    (spatial_dims, *spatial) with the same spatial size, 2D or 3D. The computation runs on the ddf's device, in
+    the image's dtype when it is float32 or float64 and in float32 otherwise.
     Images use ``mode="bilinear"``; use ``"nearest"`` for label maps, which then keep their values exactly
     (integer dtypes are restored). Warping with ``"nearest"`` is not differentiable.
 
@@ -40,7 +41,7 @@ class Warpd(MapTransform):
     Args:
         keys: keys of the arrays to warp, e.g. ``["moving_image", "moving_label"]``.
         ddf_key: key of the displacement field. Defaults to ``"ddf"``.
-        mode: ``"bilinear"`` or ``"nearest"`` (or ``"bicubic"``), one or one per key.
+        mode: ``"bilinear"`` or ``"nearest"`` (or ``"bicubic"``, 2D only), one or one per key.
         padding_mode: ``"border"`` (default), ``"zeros"`` or ``"reflection"``, one or one per key: what is
             sampled where ``p + ddf(p)`` leaves the image.
         ref_key: key whose geometry the outputs take; None to skip. Defaults to ``"fixed_image"``.
@@ -66,25 +67,15 @@ class Warpd(MapTransform):
         self.output_keys = ensure_tuple(output_keys) if output_keys is not None else self.keys
         if len(self.output_keys) != len(self.keys):
             raise ValueError(f"output_keys {self.output_keys} must have one entry per key {self.keys}.")
-        with warnings.catch_warnings():
-            # MONAI announces its PyTorch fallback on every construction; it is the expected path here
-            warnings.filterwarnings("ignore", message=".*Using PyTorch native grid_sample.*")
-            self.warp_layers = {
-                (m, p): Warp(mode=m, padding_mode=p) for m, p in set(zip(self.mode, self.padding_mode))
-            }
 
-    def _warp(self, image: torch.Tensor, ddf: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
-        layer = self.warp_layers[(mode, padding_mode)]
+    @staticmethod
+    def _warp(image: torch.Tensor, ddf: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
         dtype = image.dtype if image.dtype in (torch.float32, torch.float64) else torch.float32
-        x = image.to(device=ddf.device, dtype=dtype)
-        grid = ddf.to(dtype=dtype)
-        cached = layer.ref_grid
-        if cached is not None and (cached.device != grid.device or cached.dtype != grid.dtype):
-            layer.ref_grid = None  # Warp caches its identity grid by shape only
-        out = layer(x[None], grid[None])[0]
-        if not image.is_floating_point():
-            out = out.round().to(image.dtype)
-        return out
+        x = image.to(device=ddf.device)
+        if x.is_floating_point():
+            x = x.to(dtype)  # float16/bfloat16 images are warped, and returned, in float32
+        # integer images come back rounded in their own dtype (warp_with_ddf)
+        return warp_with_ddf(x[None], ddf.to(dtype)[None], padding_mode=padding_mode, mode=mode)[0]
 
     def _reference(self, d: Mapping[Hashable, Any], image: Any) -> MetaTensor | None:
         for candidate in (d.get(self.ref_key) if self.ref_key is not None else None, d.get(self.ddf_key), image):
