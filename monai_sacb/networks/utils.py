@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["channels_last_format", "is_exporting"]
+__all__ = ["channels_last_format", "is_exporting", "use_cpu_kernels"]
 
 
 def is_exporting() -> bool:
     """
     True while ``torch.jit`` traces or scripts, ``torch.onnx`` or ``torch.export`` exports, or ``torch.compile``
-    compiles: the layers then take their plain PyTorch formulation (no in-place autograd functions, no CPU-only
-    oneDNN ops) so that the recorded graph runs anywhere.
+    compiles. Blocks choose between their plain formulation and their CPU kernel with :py:func:`use_cpu_kernels`;
+    this alone guards what must stay out of a recorded graph whatever the device (data-dependent checks such as
+    the input NaN test).
     """
     return (
         torch.jit.is_tracing()
@@ -21,6 +22,29 @@ def is_exporting() -> bool:
         or torch.compiler.is_exporting()
         or torch.compiler.is_compiling()
     )
+
+
+def use_cpu_kernels(tensor: torch.Tensor) -> bool:
+    """
+    The one decision point between a block's plain PyTorch formulation and its CPU kernel: True when ``tensor``
+    is on the CPU and nothing is tracing, scripting, exporting or compiling (:py:func:`is_exporting`).
+
+    The CPU kernels (oneDNN convolutions called directly, the fused in-place norm, the patch-wise adaptive
+    convolution, reused buffers and in-place overwrites, the slab-threaded warp) exist because on a few CPU
+    threads fresh memory and PyTorch's CPU heuristics cost more than these narrow layers' arithmetic. They compute
+    the same function as the plain formulation, which every block keeps first as the readable reference and which
+    is taken everywhere else:
+
+    - CUDA: cuDNN and the caching allocator already make the plain ops fast, and oneDNN does not run there;
+    - tracing and ``torch.onnx``/``torch.export`` export: the recorded graph must hold standard operators only
+      (no ``aten.mkldnn_*`` calls, no custom ``autograd.Function``, no writes into views of other tensors) to run
+      on any device and runtime;
+    - ``torch.compile``: the compiler fuses the plain ops and plans their memory itself; the kernels' custom
+      autograd functions and in-place writes would only get in its way.
+
+    A block may add conditions of its own kernel (dtype, oneDNN availability), never drop these.
+    """
+    return tensor.device.type == "cpu" and not is_exporting()
 
 
 def channels_last_format(spatial_dims: int) -> torch.memory_format:

@@ -9,9 +9,33 @@ import torch
 from torch.nn import functional as F
 
 from monai_sacb.networks.blocks.conv import same_conv
-from monai_sacb.networks.utils import channels_last_format, is_exporting
+from monai_sacb.networks.utils import channels_last_format, use_cpu_kernels
 
 __all__ = ["cluster_adaptive_conv"]
+
+
+def _stacked_kernels_conv(x, weight, gains, assignments, bias):
+    """One convolution per sample with the K cluster kernels stacked (K x C_out channels), then a row gather."""
+    spatial_dims = x.ndim - 2
+    batch, in_channels, *spatial_shape = x.shape
+    out_channels, num_taps, num_clusters = weight.shape[0], 3**spatial_dims, gains.shape[1]
+    taps = weight.reshape(1, 1, out_channels, in_channels, num_taps)
+    kernels = (taps * gains.reshape(batch, num_clusters, 1, 1, num_taps)).reshape(
+        batch, num_clusters * out_channels, in_channels, *weight.shape[2:]
+    )
+    layout = channels_last_format(spatial_dims)
+    num_voxels = x[0, 0].numel()
+    row_offsets = torch.arange(num_voxels, device=x.device) * num_clusters
+    selected = []
+    for b in range(batch):
+        stacked = same_conv(
+            x[b : b + 1].contiguous(memory_format=layout),
+            kernels[b].contiguous(memory_format=layout),
+            None if bias is None else bias[b].reshape(-1),
+        )  # (1, K * C_out, *S), channels-last: each voxel's K x C_out values are contiguous
+        rows = stacked.movedim(1, -1).reshape(num_voxels * num_clusters, out_channels)
+        selected.append(rows.index_select(0, row_offsets + assignments[b]))
+    return torch.stack(selected).view(batch, *spatial_shape, out_channels).movedim(-1, 1)
 
 
 # patches of this many bytes are built at a time: large enough for few Python-level steps, small enough to be
@@ -169,30 +193,6 @@ class _PatchAdaptiveConv(torch.autograd.Function):
         return grad_x, grad_weight, grad_gains, None, grad_bias
 
 
-def _stacked_kernels_conv(x, weight, gains, assignments, bias):
-    """One convolution per sample with the K cluster kernels stacked (K x C_out channels), then a row gather."""
-    spatial_dims = x.ndim - 2
-    batch, in_channels, *spatial_shape = x.shape
-    out_channels, num_taps, num_clusters = weight.shape[0], 3**spatial_dims, gains.shape[1]
-    taps = weight.reshape(1, 1, out_channels, in_channels, num_taps)
-    kernels = (taps * gains.reshape(batch, num_clusters, 1, 1, num_taps)).reshape(
-        batch, num_clusters * out_channels, in_channels, *weight.shape[2:]
-    )
-    layout = channels_last_format(spatial_dims)
-    num_voxels = x[0, 0].numel()
-    row_offsets = torch.arange(num_voxels, device=x.device) * num_clusters
-    selected = []
-    for b in range(batch):
-        stacked = same_conv(
-            x[b : b + 1].contiguous(memory_format=layout),
-            kernels[b].contiguous(memory_format=layout),
-            None if bias is None else bias[b].reshape(-1),
-        )  # (1, K * C_out, *S), channels-last: each voxel's K x C_out values are contiguous
-        rows = stacked.movedim(1, -1).reshape(num_voxels * num_clusters, out_channels)
-        selected.append(rows.index_select(0, row_offsets + assignments[b]))
-    return torch.stack(selected).view(batch, *spatial_shape, out_channels).movedim(-1, 1)
-
-
 def cluster_adaptive_conv(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -208,14 +208,16 @@ def cluster_adaptive_conv(
 
     Two exact formulations (``method``):
 
-    - ``"patches"``: each voxel's im2col patch (a zero-copy overlapping view) is scaled by its cluster's tap
-      gains and multiplied by the shared kernel, a slab of voxels at a time: one convolution's arithmetic, a
-      patch buffer of bounded size, patches rebuilt in backward instead of saved. The faster on CPU: at
-      SACB-Net's levels 2-4 (K = 7), 1.4-2.3x forward and up to 3x forward+backward on 2 threads.
-    - ``"stacked"``: per sample, the K cluster kernels run as one convolution with K x C_out output channels
-      and each voxel takes the row of its own cluster: K times the arithmetic, but in the dense convolution
-      kernels GPUs run fastest (not measured here: no GPU). Also what tracing and ONNX export record.
-    - ``"auto"``: "patches" on CPU, "stacked" elsewhere and while exporting.
+    - ``"stacked"``, the plain reference: per sample, the K cluster kernels run as one convolution with
+      K x C_out output channels and each voxel takes the row of its own cluster: K times the arithmetic, but in
+      the dense convolution kernels GPUs run fastest (not measured here: no GPU). Also what tracing and ONNX
+      export record.
+    - ``"patches"``, the CPU kernel: each voxel's im2col patch (a zero-copy overlapping view) is scaled by its
+      cluster's tap gains and multiplied by the shared kernel, a slab of voxels at a time: one convolution's
+      arithmetic, a patch buffer of bounded size, patches rebuilt in backward instead of saved. The faster on
+      CPU: at SACB-Net's levels 2-4 (K = 7), 1.4-2.3x forward and up to 3x forward+backward on 2 threads.
+    - ``"auto"``: "patches" where :py:func:`~monai_sacb.networks.utils.use_cpu_kernels` allows it (on CPU, not
+      exporting or compiling), "stacked" elsewhere.
 
     Args:
         x: (B, C_in, *S) input, 2 or 3 spatial dimensions.
@@ -247,7 +249,7 @@ def cluster_adaptive_conv(
     if method not in ("auto", "patches", "stacked"):
         raise ValueError(f'method must be "auto", "patches" or "stacked", got {method!r}.')
     if method == "auto":
-        method = "patches" if x.device.type == "cpu" and not is_exporting() else "stacked"
+        method = "patches" if use_cpu_kernels(x) else "stacked"
     if method == "stacked":
         return _stacked_kernels_conv(x, weight, gains, assignments, bias)
     dtype = torch.promote_types(x.dtype, weight.dtype)

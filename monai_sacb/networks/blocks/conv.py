@@ -7,32 +7,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from monai_sacb.networks.utils import channels_last_format, is_exporting
+from monai_sacb.networks.utils import channels_last_format, use_cpu_kernels
 
 __all__ = ["same_conv", "SameConv2d", "SameConv3d"]
 
 
-def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-        and not torch.is_autocast_enabled("cpu")
-        and not is_exporting()
-    )
-
-
 def same_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """
-    ``conv(x, weight, bias, stride=1, padding=1)`` for a 3x3(x3) kernel, by the fastest route on CPU:
-
-    - oneDNN directly: PyTorch's heuristic sends a batch of one with C * D * H <= 20480 (coarse pyramid levels)
-      to its native kernel, 2-3x slower for these shapes;
-    - a one-channel 3D input is first unfolded along its last axis into 3 channels, and convolved with the
-      equivalent 3x3x1 kernel: oneDNN is about 4x faster with 3 input channels than with 1.
-
-    Elsewhere (GPU, other dtypes, autocast, tracing and export) it is plain ``F.conv2d``/``F.conv3d``.
+    ``conv(x, weight, bias, stride=1, padding=1)`` for a 3x3(x3) kernel: plain ``F.conv2d``/``F.conv3d``, or on
+    CPU (:py:func:`~monai_sacb.networks.utils.use_cpu_kernels`) with float32 inputs, oneDNN and no autocast, the
+    faster route of :py:func:`_same_conv_onednn`.
 
     Args:
         x: (B, C_in, *S), 2 or 3 spatial dimensions.
@@ -42,10 +26,32 @@ def same_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     Returns:
         (B, C_out, *S).
     """
-    spatial_dims = x.ndim - 2
-    if not _use_onednn(x, weight):
-        conv = F.conv3d if spatial_dims == 3 else F.conv2d
+    if not (use_cpu_kernels(x) and _onednn_applies(x, weight)):
+        conv = F.conv3d if x.ndim == 5 else F.conv2d
         return conv(x, weight, bias, padding=1)
+    return _same_conv_onednn(x, weight, bias)
+
+
+def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The oneDNN kernel's own conditions: float32 input and weight, oneDNN built and enabled, no CPU autocast."""
+    return (
+        x.dtype == weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _same_conv_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """
+    CPU kernel of :py:func:`same_conv`, the same convolution:
+
+    - oneDNN directly: PyTorch's heuristic sends a batch of one with C * D * H <= 20480 (coarse pyramid levels)
+      to its native kernel, 2-3x slower for these shapes;
+    - a one-channel 3D input is first unfolded along its last axis into 3 channels, and convolved with the
+      equivalent 3x3x1 kernel: oneDNN is about 4x faster with 3 input channels than with 1.
+    """
+    spatial_dims = x.ndim - 2
     ones = [1] * spatial_dims
     if x.shape[1] != 1 or spatial_dims != 3:
         return torch.ops.aten.mkldnn_convolution(x, weight, bias, ones, ones, ones, 1)

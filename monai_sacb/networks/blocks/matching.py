@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from monai_sacb.networks.utils import is_exporting
+from monai_sacb.networks.utils import use_cpu_kernels
 
 __all__ = ["similarity_matching_flow", "SimilarityMatching"]
 
@@ -43,7 +43,8 @@ def similarity_matching_flow(moving: torch.Tensor, fixed: torch.Tensor) -> torch
             (slice(None), slice(None)) + tuple(slice(1 + o, 1 + o + s) for o, s in zip(offset, spatial_shape))
             for offset in offsets
         ]
-        if is_exporting() or (torch.is_grad_enabled() and (fixed.requires_grad or moving.requires_grad)):
+        needs_grad = torch.is_grad_enabled() and (fixed.requires_grad or moving.requires_grad)
+        if needs_grad or not use_cpu_kernels(fixed):
             scores = torch.stack([(fixed32 * moving_pad[window]).sum(1) for window in windows], dim=1)
         else:  # the same sums, reusing one product buffer (fresh memory is slow on CPU)
             scores = fixed32.new_empty((fixed.shape[0], len(offsets), *spatial_shape))

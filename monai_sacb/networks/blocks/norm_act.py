@@ -9,9 +9,38 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from monai_sacb.networks.utils import channels_last_format, is_exporting
+from monai_sacb.networks.utils import channels_last_format, use_cpu_kernels
 
 __all__ = ["instance_norm_leaky_relu", "InstanceNormLeakyReLU"]
+
+
+def instance_norm_leaky_relu(
+    x: torch.Tensor, negative_slope: float = 0.1, eps: float = 1e-5, inplace: bool = False
+) -> torch.Tensor:
+    """
+    ``leaky_relu(instance_norm(x, eps=eps), negative_slope)`` (no affine, biased variance).
+
+    Plain PyTorch ``instance_norm`` and ``leaky_relu``, or, on CPU
+    (:py:func:`~monai_sacb.networks.utils.use_cpu_kernels`) with float32/float64 input, the same function fused
+    in x's memory: statistics exact to float32 rounding (a pairwise sum for the mean, then the centred sum of
+    squares), unlike single-pass variance kernels whose error SACB-Net's k-means amplifies; two reads of x and no
+    temporary of its size. With ``inplace=True`` the fused kernel writes the result into x, and autograd keeps
+    only the output, not x: use it on a fresh convolution output.
+
+    Args:
+        x: (B, C, *S) tensor, any memory format.
+        negative_slope: LeakyReLU slope (1.0: no activation).
+        eps: added to the variance.
+        inplace: overwrite x (fused kernel only).
+
+    Returns:
+        (B, C, *S) tensor in x's memory format.
+    """
+    if not (use_cpu_kernels(x) and x.dtype in (torch.float32, torch.float64)):
+        return F.leaky_relu(F.instance_norm(x, eps=eps), negative_slope)
+    if not inplace:
+        x = x.clone(memory_format=torch.preserve_format)
+    return _InstanceNormLeakyReLU.apply(x, negative_slope, eps)
 
 
 def _channel_rows(x: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -74,34 +103,6 @@ class _InstanceNormLeakyReLU(torch.autograd.Function):
         normalised_rows = _channel_rows(normalised)[0]
         rows.sub_(grad_mean).addcmul_(normalised_rows, grad_dot, value=-1.0).mul_(inv_std)
         return grad_norm, None, None
-
-
-def instance_norm_leaky_relu(
-    x: torch.Tensor, negative_slope: float = 0.1, eps: float = 1e-5, inplace: bool = False
-) -> torch.Tensor:
-    """
-    ``leaky_relu(instance_norm(x, eps=eps), negative_slope)`` (no affine, biased variance), fused.
-
-    Statistics are exact to float32 rounding (a pairwise sum for the mean, then the centred sum of squares),
-    unlike single-pass variance kernels whose error SACB-Net's k-means amplifies. With ``inplace=True`` the
-    result is written into x, and autograd keeps only the output, not x: use it on a fresh convolution output.
-    float16/bfloat16 inputs, and tracing/export (:py:func:`~monai_sacb.networks.utils.is_exporting`), take
-    PyTorch's own ``instance_norm`` and ``leaky_relu`` (the same function).
-
-    Args:
-        x: (B, C, *S) tensor, any memory format.
-        negative_slope: LeakyReLU slope (1.0: no activation).
-        eps: added to the variance.
-        inplace: overwrite x.
-
-    Returns:
-        (B, C, *S) tensor in x's memory format.
-    """
-    if x.dtype not in (torch.float32, torch.float64) or is_exporting():
-        return F.leaky_relu(F.instance_norm(x, eps=eps), negative_slope)
-    if not inplace:
-        x = x.clone(memory_format=torch.preserve_format)
-    return _InstanceNormLeakyReLU.apply(x, negative_slope, eps)
 
 
 class InstanceNormLeakyReLU(nn.Module):

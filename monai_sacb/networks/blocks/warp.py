@@ -8,22 +8,11 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
-from monai_sacb.networks.utils import is_exporting
+from monai_sacb.networks.utils import use_cpu_kernels
 
 __all__ = ["ddf_sampling_grid", "resize_ddf", "warp_with_ddf"]
 
 _MODES = ("bilinear", "nearest", "bicubic")
-
-
-def _thread_chunks(image: torch.Tensor) -> int:
-    """
-    Into how many slabs along the first spatial axis to cut a single-sample CPU warp: PyTorch's 3D
-    ``grid_sample`` on CPU runs the samples of a batch in parallel but each sample on one thread.
-    """
-    if image.device.type != "cpu" or image.shape[0] != 1 or image.ndim != 5 or is_exporting():
-        return 1
-    first = image.shape[2]
-    return max(k for k in range(1, max(1, torch.get_num_threads()) + 1) if first % k == 0)
 
 
 def ddf_sampling_grid(ddf: torch.Tensor) -> torch.Tensor:
@@ -49,8 +38,8 @@ def warp_with_ddf(
     ``align_corners=True``. The same function as
     ``monai.networks.blocks.Warp(mode=mode, padding_mode=padding_mode)(image, ddf)``, with the same coordinate
     arithmetic, but one allocation for the sampling grid instead of several (on CPU, fresh memory costs more than
-    these element-wise passes) and no cached reference grid to keep on the right device. This is the one warp of
-    the package: the networks, the transforms and the engines all call it.
+    these element-wise passes) and no cached reference grid to keep on the right device. Every warp of the
+    package goes through it.
 
     Args:
         image: (B, C, *S) tensor, 2 or 3 spatial dimensions, any memory format. A floating image is warped in
@@ -65,8 +54,9 @@ def warp_with_ddf(
     Returns:
         (B, C, *S) warped image (contiguous), in ``image``'s dtype.
 
-    On CPU, a single 3D sample is cut into as many slabs as there are threads and warped as a batch, since
-    PyTorch's CPU ``grid_sample`` parallelises over the batch only (1.7x faster on 2 threads; same values).
+    On CPU (:py:func:`~monai_sacb.networks.utils.use_cpu_kernels`), a single 3D sample is cut into as many slabs
+    as there are threads and warped as a batch, since PyTorch's CPU ``grid_sample`` parallelises over the batch
+    only (1.7x faster on 2 threads; same values).
     """
     spatial_dims = image.ndim - 2
     spatial_shape = tuple(image.shape[2:])
@@ -84,10 +74,29 @@ def warp_with_ddf(
         out = warp_with_ddf(image.to(dtype), ddf.to(dtype), padding_mode, mode)
         return out.round_().to(image.dtype)
     grid = ddf_sampling_grid(ddf.to(image.dtype))
-    chunks = _thread_chunks(image)
+    chunks = _thread_chunks(image) if use_cpu_kernels(image) else 1
     if chunks == 1:
         return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
-    # the output slabs become a batch over one shared (expanded, not copied) input: same values, all threads busy
+    return _grid_sample_in_slabs(image, grid, mode, padding_mode, chunks)
+
+
+def _thread_chunks(image: torch.Tensor) -> int:
+    """
+    Into how many slabs along the first spatial axis to cut a single-sample 3D warp on CPU: PyTorch's 3D
+    ``grid_sample`` on CPU runs the samples of a batch in parallel but each sample on one thread.
+    """
+    if image.shape[0] != 1 or image.ndim != 5:
+        return 1
+    first = image.shape[2]
+    return max(k for k in range(1, max(1, torch.get_num_threads()) + 1) if first % k == 0)
+
+
+def _grid_sample_in_slabs(
+    image: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str, chunks: int
+) -> torch.Tensor:
+    """CPU kernel of :py:func:`warp_with_ddf` for one 3D sample: the same values, computed on ``chunks`` threads."""
+    spatial_dims, spatial_shape = image.ndim - 2, tuple(image.shape[2:])
+    # the output slabs become a batch over one shared (expanded, not copied) input
     slabs = F.grid_sample(
         image.expand(chunks, *image.shape[1:]),
         grid.view(chunks, spatial_shape[0] // chunks, *spatial_shape[1:], spatial_dims),

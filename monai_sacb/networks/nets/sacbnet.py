@@ -12,7 +12,7 @@ from monai_sacb.networks.blocks.encoder import PyramidEncoder, conv_norm_act
 from monai_sacb.networks.blocks.matching import similarity_matching_flow
 from monai_sacb.networks.blocks.sac import SACBlock
 from monai_sacb.networks.blocks.warp import warp_with_ddf
-from monai_sacb.networks.utils import channels_last_format, is_exporting
+from monai_sacb.networks.utils import channels_last_format, is_exporting, use_cpu_kernels
 
 __all__ = ["SACBNetBackbone", "SACBNet"]
 
@@ -171,13 +171,13 @@ class SACBNetBackbone(nn.Module):
         """[fixed; moving] features (2B, C, *S) -> [fixed; moving warped by flow], channels-last like the input."""
         fixed_features, moving_features = features[:batch], features[batch:]
         warped = warp_with_ddf(moving_features, flow.to(moving_features.dtype))  # zero padding, as in the paper
-        if not torch.is_grad_enabled() and not is_exporting():
-            # inference: nothing else reads the encoder's moving features, so overwrite them instead of
-            # allocating a concatenation (fresh memory is what costs most on CPU)
-            moving_features.copy_(warped)
-            return features
-        # grid_sample returns a contiguous tensor; the convolutions that follow are faster on channels-last input
-        return torch.cat([fixed_features, warped.contiguous(memory_format=self._memory_format)], dim=0)
+        if torch.is_grad_enabled() or not use_cpu_kernels(features):
+            # grid_sample returns a contiguous tensor; the convolutions that follow are faster on channels-last input
+            return torch.cat([fixed_features, warped.contiguous(memory_format=self._memory_format)], dim=0)
+        # CPU inference: nothing else reads the encoder's moving features, so overwrite them instead of allocating
+        # a concatenation (fresh memory is what costs most on CPU)
+        moving_features.copy_(warped)
+        return features
 
     def forward(self, pair: torch.Tensor) -> torch.Tensor:
         """
