@@ -7,11 +7,11 @@ many killed-and-restarted runs starts in well under a second.
 
 Protocol, one JSON object per line on stdin:
 
-    {"log": "/path/run.log", "overrides": {...train.json overrides...},
-     "kill_after": seconds or null, "fault": null or {"kind": ..., "nth": n}}
+    {"log": "/path/run.log", "config_file": [...config files...], "meta_file": ..., "logging_file": ...,
+     "overrides": {...config overrides...}, "kill_after": seconds or null, "fault": null or {"kind": ..., "nth": n}}
 
-For each request the server forks a child that runs the bundle's ``train.json`` in-process (``ConfigWorkflow``)
-with its stdout and stderr in ``log``; if ``kill_after`` is given and the child still runs after that many
+For each request the server forks a child that runs the training workflow of ``config_file`` in-process
+(``ConfigWorkflow``) with its stdout and stderr in ``log``; if ``kill_after`` is given and the child still runs after that many
 seconds, the server sends it ``SIGKILL``. The server is the child's parent, so the pid it kills cannot have been
 reused. It answers one line, ``{"pid", "exit_code", "signal", "seconds"}``. An empty line or EOF stops it.
 
@@ -36,15 +36,14 @@ import traceback
 import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # the package of this checkout, also when it is not installed
 
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-import monai_sacb.engines.checkpoint as checkpoint_module  # noqa: E402
-from monai.bundle import ConfigWorkflow  # noqa: E402, F401  (imported once, before forking)
-from tests.bundle.conftest import LOGGING, META, TRAIN  # noqa: E402
+import monai_sacb.handlers.checkpoint as checkpoint_module  # noqa: E402
+from monai.bundle import ConfigWorkflow  # noqa: E402  (imported once, before forking)
 
 
 def _kill_self(kind: str, path: str) -> None:
@@ -102,7 +101,11 @@ def _child(request: dict) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             workflow = ConfigWorkflow(
-                config_file=TRAIN, meta_file=META, logging_file=LOGGING, workflow_type="train", **request["overrides"]
+                config_file=request["config_file"],
+                meta_file=request["meta_file"],
+                logging_file=request["logging_file"],
+                workflow_type="train",
+                **request["overrides"],
             )
             workflow.initialize()
             workflow.run()

@@ -10,8 +10,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.bundle.conftest import INFERENCE, TRAIN, run_workflow, tiny_overrides
-
 SHAPE = (30, 28, 34)
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
 AFFINE[:3, 3] = [-20.0, 10.0, 5.0]
@@ -44,40 +42,49 @@ def pair_files(tmp_path):
     }
 
 
-def _fails(config_file, workflow_type="train", **overrides) -> str:
-    """Run the workflow, expect it to fail, and return every message along the exception chain."""
-    with pytest.raises(Exception) as info:
-        run_workflow(config_file, workflow_type, **overrides)
-    error, messages = info.value, []
-    while error is not None:
-        messages.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(messages)
+@pytest.fixture
+def fails(run_bundle, error_chain):
+    """``fails(config_file, workflow_type="train", **overrides) -> str``: run the workflow, expect it to fail, and
+    return every message along the exception chain."""
+
+    def run(config_file, workflow_type="train", **overrides) -> str:
+        with pytest.raises(Exception) as info:
+            run_bundle(config_file, workflow_type, **overrides)
+        return error_chain(info)
+
+    return run
 
 
-def _infer(trained_root, tmp_path, pair) -> str:
-    out = tmp_path / "out"
-    overrides = {"bundle_root": str(trained_root), "output_dir": str(out), "network_def#kmeans_iters": 3}
-    message = _fails(INFERENCE, "infer", **overrides, **pair)
-    assert not out.exists() or not list(out.glob("*.nii.gz"))  # nothing written for a refused pair
-    return message
+@pytest.fixture
+def infer_fails(fails, bundle_configs, trained_root, tmp_path):
+    """``infer_fails(pair) -> str``: inference of ``pair`` with the tiny trained network fails and writes nothing;
+    returns the messages."""
+
+    def run(pair) -> str:
+        out = tmp_path / "out"
+        overrides = {"bundle_root": str(trained_root), "output_dir": str(out), "network_def#kmeans_iters": 3}
+        message = fails(bundle_configs.inference, "infer", **overrides, **pair)
+        assert not out.exists() or not list(out.glob("*.nii.gz"))  # nothing written for a refused pair
+        return message
+
+    return run
 
 
 # ------------------------------------------------------------------------- issue 9.3: labels vs their own image
 
 
-def test_label_far_from_its_image_is_refused(trained_root, tmp_path, pair_files):
+def test_label_far_from_its_image_is_refused(infer_fails, tmp_path, pair_files):
     far = AFFINE.copy()
     far[:3, 3] += (1000.0, 0.0, 0.0)
     pair_files["moving_label"] = _write(tmp_path / "far_seg.nii.gz", _label(), far)
-    message = _infer(trained_root, tmp_path, pair_files)
+    message = infer_fails(pair_files)
     assert re.search(r"moving_label \('.*far_seg\.nii\.gz'\) is not on the grid of its image moving_image", message)
     assert "up to 1000.0 mm" in message and "overlap 0 %" in message and "mov.nii.gz" in message
 
 
-def test_label_of_another_shape_is_refused(trained_root, tmp_path, pair_files):
+def test_label_of_another_shape_is_refused(infer_fails, tmp_path, pair_files):
     pair_files["moving_label"] = _write(tmp_path / "small_seg.nii.gz", _label((30, 28, 33)))
-    message = _infer(trained_root, tmp_path, pair_files)
+    message = infer_fails(pair_files)
     assert re.search(
         r"moving_label \('.*small_seg\.nii\.gz'\) has spatial shape \(30, 28, 33\) but its image moving_image "
         r"\('.*mov\.nii\.gz'\) has \(30, 28, 34\); labels are checked before any resampling",
@@ -85,21 +92,24 @@ def test_label_of_another_shape_is_refused(trained_root, tmp_path, pair_files):
     ), message
 
 
-def test_intensity_image_given_as_label_is_refused(trained_root, tmp_path, pair_files):
+def test_intensity_image_given_as_label_is_refused(infer_fails, tmp_path, pair_files):
     pair_files["moving_label"] = _write(tmp_path / "not_seg.nii.gz", _image(2))
-    message = _infer(trained_root, tmp_path, pair_files)
+    message = infer_fails(pair_files)
     assert re.search(r"moving_label \('.*not_seg\.nii\.gz'\) is not a label map: \d+ of its 28560 voxels", message)
 
 
 # ---------------------------------------------------------------------- issue 9.4: validation data without labels
 
 
-def test_training_without_validation_labels_fails_before_the_first_epoch(tmp_path, tiny_cache):
+def test_training_without_validation_labels_fails_before_the_first_epoch(
+    tmp_path, tiny_cache, fails, bundle_configs, tiny_overrides
+):
     data = tmp_path / "images"
     data.mkdir()
     for i in range(3):
         _write(data / f"subject_{i}.nii.gz", _image(i, (32, 32, 32)), np.eye(4))
-    message = _fails(TRAIN, **tiny_overrides(tmp_path, tiny_cache, data_format="folder", dataset_dir=str(data)))
+    overrides = tiny_overrides(tmp_path, tiny_cache, data_format="folder", dataset_dir=str(data))
+    message = fails([bundle_configs.train, bundle_configs.data_files], **overrides)
     assert re.search(r"2 of the 2 validation pairs of data format 'folder' in '.*images' have no label maps", message)
     assert "labels/ folder" in message and "val_mean_dice" in message
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())  # no epoch ran
@@ -108,33 +118,33 @@ def test_training_without_validation_labels_fails_before_the_first_epoch(tmp_pat
 # ------------------------------------------------------------------------------ issue 9.5: files the net can't take
 
 
-def test_2d_file_is_refused_by_name(trained_root, tmp_path, pair_files):
+def test_2d_file_is_refused_by_name(infer_fails, tmp_path, pair_files):
     pair_files["moving_image"] = _write(tmp_path / "slice.nii.gz", _image(0)[:, :, 10])
-    message = _infer(trained_root, tmp_path, pair_files)
+    message = infer_fails(pair_files)
     expected = r"moving_image \('.*slice\.nii\.gz'\) is 2D \(file shape \(30, 28\), read as \(1, 30, 28\)"
     assert re.search(expected, message), message
     assert "registers 3D images" in message
 
 
-def test_4d_file_is_refused_by_name(trained_root, tmp_path, pair_files):
+def test_4d_file_is_refused_by_name(infer_fails, tmp_path, pair_files):
     series = np.stack([_image(i) for i in range(3)], axis=-1)
     pair_files["fixed_image"] = _write(tmp_path / "series.nii.gz", series)
-    message = _infer(trained_root, tmp_path, pair_files)
+    message = infer_fails(pair_files)
     assert re.search(r"fixed_image \('.*series\.nii\.gz'\) has 3 channels \(file shape \(30, 28, 34, 3\)", message)
     assert "4D file" in message and "keep one volume" in message
 
 
-def test_nan_voxels_are_counted_in_the_file(trained_root, tmp_path, pair_files):
+def test_nan_voxels_are_counted_in_the_file(infer_fails, tmp_path, pair_files):
     image = _image(0)
     image[10:13, 10:13, 12] = np.nan  # 9 voxels: the count must not be what intensity scaling spreads them to
     pair_files["moving_image"] = _write(tmp_path / "nan.nii.gz", image)
-    message = _infer(trained_root, tmp_path, pair_files)
+    message = infer_fails(pair_files)
     assert re.search(r"moving_image \('.*nan\.nii\.gz'\) has 9 NaN or infinite voxel values in the file", message)
 
 
-def test_json_syntax_error_names_the_file(tmp_path, tiny_cache):
+def test_json_syntax_error_names_the_file(tmp_path, tiny_cache, fails, bundle_configs, tiny_overrides):
     datalist = tmp_path / "pairs.json"
     datalist.write_text('{"training": [\n  {"moving_image": "a.nii.gz", "fixed_image": "b.nii.gz"},\n]}\n')
     overrides = tiny_overrides(tmp_path, tiny_cache, data_format="json", dataset_dir=str(datalist))
-    message = _fails(TRAIN, **overrides)
+    message = fails([bundle_configs.train, bundle_configs.data_files], **overrides)
     assert re.search(r"JSON datalist .*pairs\.json is not valid JSON: .* at line 3, column 1", message), message

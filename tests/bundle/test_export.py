@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_sacb.networks import SACBNetDDF
-from tests.bundle.conftest import INFERENCE, META
+from monai_sacb.networks import SACBNetBackbone
 
 # the project's reference material sits beside the repository (../shared); user clones do not have it
 SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "monai" / "meta_schema_20240725.json"
@@ -24,35 +23,35 @@ SHAPE = [1, 2, 32, 32, 32]
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("export") / "model.pt"
-    torch.save({"model": SACBNetDDF().state_dict()}, path)
+    torch.save({"model": SACBNetBackbone().state_dict()}, path)
     return path
 
 
 def _reference(checkpoint, pair):
-    net = SACBNetDDF()
+    net = SACBNetBackbone()
     net.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
     with torch.no_grad():
         return net.eval()(pair)
 
 
 @pytest.mark.skipif(not SCHEMA.is_file(), reason="needs a local copy of the 20240725 metadata schema")
-def test_verify_metadata():
+def test_verify_metadata(bundle_configs):
     from monai.bundle import verify_metadata
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        verify_metadata(meta_file=META, filepath=str(SCHEMA))
+        verify_metadata(meta_file=bundle_configs.meta, filepath=str(SCHEMA))
 
 
-def test_verify_net_in_out():
+def test_verify_net_in_out(bundle_configs):
     from monai.bundle import verify_net_in_out
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        verify_net_in_out(net_id="network_def", meta_file=META, config_file=INFERENCE, n=2, any=1, device="cpu")
+        verify_net_in_out(net_id="network_def", meta_file=bundle_configs.meta, config_file=bundle_configs.inference, n=2, any=1, device="cpu")
 
 
-def test_ckpt_export_traced_matches_pytorch(checkpoint, tmp_path):
+def test_ckpt_export_traced_matches_pytorch(checkpoint, tmp_path, bundle_configs):
     from monai.bundle import ckpt_export
 
     with warnings.catch_warnings():
@@ -61,8 +60,8 @@ def test_ckpt_export_traced_matches_pytorch(checkpoint, tmp_path):
             net_id="network_def",
             filepath=str(tmp_path / "model.ts"),
             ckpt_file=str(checkpoint),
-            meta_file=META,
-            config_file=INFERENCE,
+            meta_file=bundle_configs.meta,
+            config_file=bundle_configs.inference,
             key_in_ckpt="model",
             use_trace=True,
             input_shape=SHAPE,
@@ -79,7 +78,7 @@ def test_ckpt_export_traced_matches_pytorch(checkpoint, tmp_path):
     importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None,
     reason="needs onnx and onnxruntime",
 )
-def test_onnx_export_matches_pytorch(checkpoint, tmp_path):
+def test_onnx_export_matches_pytorch(checkpoint, tmp_path, bundle_configs):
     import onnxruntime
 
     from monai.bundle import onnx_export
@@ -90,8 +89,8 @@ def test_onnx_export_matches_pytorch(checkpoint, tmp_path):
             net_id="network_def",
             filepath=str(tmp_path / "model.onnx"),
             ckpt_file=str(checkpoint),
-            meta_file=META,
-            config_file=INFERENCE,
+            meta_file=bundle_configs.meta,
+            config_file=bundle_configs.inference,
             key_in_ckpt="model",
             use_trace=True,
             input_shape=SHAPE,

@@ -37,8 +37,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.bundle.conftest import META, TRAIN, tiny_overrides
-
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "fork"), reason="the fault-injection test forks training processes (POSIX only)"
 )
@@ -53,16 +51,18 @@ REQUIRED = {"model", "optimizer", "lr_scheduler", "trainer", "key_metric"}
 
 
 class Zygote:
-    """The fork server: one training process per request, killed after ``kill_after`` seconds if still running."""
+    """The fork server: one training process per request, killed after ``kill_after`` seconds if still running.
+    Every request runs ``config_file`` with the bundle's metadata and logging config."""
 
-    def __init__(self) -> None:
+    def __init__(self, config_file: list, meta_file: str, logging_file: str) -> None:
+        self.files = {"config_file": config_file, "meta_file": meta_file, "logging_file": logging_file}
         env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
         self.process = subprocess.Popen(
             [sys.executable, str(ZYGOTE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
 
     def run(self, log: Path, overrides: dict, kill_after: float | None, fault: dict | None, timeout: float) -> dict:
-        request = {"log": str(log), "overrides": overrides, "kill_after": kill_after, "fault": fault}
+        request = {"log": str(log), **self.files, "overrides": overrides, "kill_after": kill_after, "fault": fault}
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
@@ -87,13 +87,12 @@ class Zygote:
 class Validator:
     """The bundle's own evaluator, built in this process, to validate model.pt independently of the runs."""
 
-    def __init__(self, root: Path, cache: Path) -> None:
+    def __init__(self, config_file: list, meta_file: str, overrides: dict) -> None:
         from monai.bundle import ConfigWorkflow
 
-        overrides = tiny_overrides(root, cache, max_epochs=MAX_EPOCHS, tensorboard=False, resume=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            workflow = ConfigWorkflow(config_file=TRAIN, meta_file=META, workflow_type="train", **overrides)
+            workflow = ConfigWorkflow(config_file=config_file, meta_file=meta_file, workflow_type="train", **overrides)
             self.evaluator = workflow.parser.get_parsed_content("validate#evaluator")
         self.network = workflow.parser.get_parsed_content("network")
 
@@ -144,11 +143,11 @@ def _folder_state(ckpt_dir: Path) -> dict:
 class Round:
     """One training run to MAX_EPOCHS in its own folder, killed and restarted until it finishes."""
 
-    def __init__(self, root: Path, cache: Path) -> None:
+    def __init__(self, root: Path, overrides: dict) -> None:
         self.root = root
         root.mkdir(parents=True)
         self.ckpt_dir = root / "models"
-        self.overrides = tiny_overrides(root, cache, max_epochs=MAX_EPOCHS, tensorboard=False)
+        self.overrides = overrides
         self.committed = 0  # newest epoch a run reported as saved
         self.newest = 0  # newest checkpoint seen on disk
         self.best: tuple[float, str] | None = None  # (best metric, digest of model.pt) last seen
@@ -213,16 +212,22 @@ class Round:
         assert not self.repair_pending
 
 
-def test_sigkill_at_random_moments_never_loses_work(tmp_path, tiny_cache):
+def test_sigkill_at_random_moments_never_loses_work(tmp_path, tiny_cache, bundle_configs, tiny_overrides):
     rng = random.Random(int(os.environ.get("MONAI_SACB_FAULT_SEED", "20250")))  # another seed: other moments
-    validator = Validator(tmp_path / "validator", tiny_cache)
+
+    def new_round(index: int) -> Round:
+        root = tmp_path / f"round_{index}"
+        return Round(root, tiny_overrides(root, tiny_cache, max_epochs=MAX_EPOCHS))
+
+    validator_overrides = tiny_overrides(tmp_path / "validator", tiny_cache, max_epochs=MAX_EPOCHS, resume=False)
+    validator = Validator(bundle_configs.tiny_train, bundle_configs.meta, validator_overrides)
     dice_cache: dict = {}
-    zygote = Zygote()
+    zygote = Zygote(bundle_configs.tiny_train, bundle_configs.meta, bundle_configs.logging)
     start = time.monotonic()
     kills, faults_hit, finished_rounds, trials = 0, set(), 0, 0
     summary = []
     try:
-        current = Round(tmp_path / "round_0", tiny_cache)
+        current = new_round(0)
         while kills < KILLS and time.monotonic() - start < TIME_LIMIT:
             trials += 1
             current.trials += 1
@@ -248,7 +253,7 @@ def test_sigkill_at_random_moments_never_loses_work(tmp_path, tiny_cache):
             else:
                 current.check_finished(state)
                 finished_rounds += 1
-                current = Round(tmp_path / f"round_{finished_rounds}", tiny_cache)
+                current = new_round(finished_rounds)
         # finish the round in progress without a kill: it must end like an uninterrupted run
         log = current.root / "run_final.log"
         answer = zygote.run(log, current.overrides, None, None, timeout=120)

@@ -6,28 +6,30 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-from monai_sacb.engines import bundle_datalist
-from tests.bundle.conftest import INFERENCE, SPACING, run_workflow
+from monai_sacb.apps import bundle_datalist
 
 
 def _outputs(folder):
     return sorted(p.name for p in folder.glob("*.nii.gz"))
 
 
-def test_inference_defaults_write_pairs_in_fixed_geometry(trained_root, tiny_cache, tmp_path):
+def test_inference_defaults_write_pairs_in_fixed_geometry(
+    trained_root, tiny_cache, tmp_path, bundle_configs, run_bundle
+):
     out = tmp_path / "out"
-    run_workflow(
-        INFERENCE,
+    spacing = bundle_configs.tiny_spacing
+    run_bundle(
+        bundle_configs.inference,
         "infer",
         bundle_root=str(trained_root),
         data_format="default",
         dataset_dir=str(tiny_cache),
-        spacing=SPACING,
+        spacing=spacing,
         num_pairs=2,
         output_dir=str(out),
         **{"network_def#kmeans_iters": 3},
     )
-    pairs = bundle_datalist("default", tiny_cache, "validation", num_pairs=2, spacing=SPACING)
+    pairs = bundle_datalist("default", tiny_cache, "validation", num_pairs=2, spacing=spacing)
     assert len(_outputs(out)) == 3 * len(pairs)
     for pair in pairs:
         fixed = nib.load(pair["fixed_image"])
@@ -47,7 +49,7 @@ def _stem(path):
     return str(path).split("/")[-1].replace(".nii.gz", "")
 
 
-def test_inference_one_pair_from_command_line(trained_root, tmp_path):
+def test_inference_one_pair_from_command_line(trained_root, tmp_path, bundle_configs, run_bundle):
     """A pair of an odd size (padded to /16 for the network, cropped back) with a non-trivial affine."""
     rng = np.random.default_rng(0)
     affine = np.diag([1.5, 1.5, 2.0, 1.0])
@@ -64,8 +66,8 @@ def test_inference_one_pair_from_command_line(trained_root, tmp_path):
     paths["label"] = str(tmp_path / "mov_seg.nii.gz")
     nib.save(nib.Nifti1Image(label, affine), paths["label"])
     out = tmp_path / "out"
-    run_workflow(
-        INFERENCE,
+    run_bundle(
+        bundle_configs.inference,
         "infer",
         bundle_root=str(trained_root),
         moving_image=paths["mov"],
@@ -84,21 +86,25 @@ def test_inference_one_pair_from_command_line(trained_root, tmp_path):
 
 def _mean_dice(pred, truth):
     values = [v for v in np.unique(truth) if v > 0]
-    return float(np.mean([2 * np.sum((pred == v) & (truth == v)) / (np.sum(pred == v) + np.sum(truth == v)) for v in values]))
+    dice = [2 * np.sum((pred == v) & (truth == v)) / (np.sum(pred == v) + np.sum(truth == v)) for v in values]
+    return float(np.mean(dice))
 
 
-def test_instance_optimisation_refines_the_field_and_the_label_follows(trained_root, tiny_cache, tmp_path):
-    pairs = bundle_datalist("default", tiny_cache, "validation", num_pairs=2, spacing=SPACING)
+def test_instance_optimisation_refines_the_field_and_the_label_follows(
+    trained_root, tiny_cache, tmp_path, bundle_configs, run_bundle
+):
+    spacing = bundle_configs.tiny_spacing
+    pairs = bundle_datalist("default", tiny_cache, "validation", num_pairs=2, spacing=spacing)
     dice = {}
     for name, steps in (("plain", [0, 0, 0]), ("io", [0, 60, 20])):
         out = tmp_path / name
-        run_workflow(
-            INFERENCE,
+        run_bundle(
+            bundle_configs.inference,
             "infer",
             bundle_root=str(trained_root),
             data_format="default",
             dataset_dir=str(tiny_cache),
-            spacing=SPACING,
+            spacing=spacing,
             num_pairs=2,
             output_dir=str(out),
             io_steps=steps,
@@ -113,3 +119,4 @@ def test_instance_optimisation_refines_the_field_and_the_label_follows(trained_r
         dice[name + "_ddf"] = np.asarray(nib.load(out / f"{stem}_ddf.nii.gz").dataobj)
     assert not np.allclose(dice["plain_ddf"], dice["io_ddf"])  # the field was refined
     assert np.mean(dice["io"]) > np.mean(dice["plain"])  # and the labels warped with it overlap better
+

@@ -9,11 +9,10 @@ import sys
 
 import torch
 
-from monai_sacb.engines import latest_checkpoint
-from tests.bundle.conftest import MULTI_GPU, TRAIN, tiny_overrides
+from monai_sacb.handlers import latest_checkpoint
 
 
-def test_multi_gpu_override_with_torchrun_gloo(tmp_path, tiny_cache):
+def test_multi_gpu_override_with_torchrun_gloo(tmp_path, tiny_cache, bundle_configs, tiny_overrides):
     """The Model Zoo multi-GPU override, run on CPU: torchrun with 2 processes, gloo backend, DDP, DistributedSampler."""
     overrides = tiny_overrides(tmp_path, tiny_cache, max_epochs=1, num_samples=4)
     args = []
@@ -31,7 +30,7 @@ def test_multi_gpu_override_with_torchrun_gloo(tmp_path, tiny_cache):
         "monai.bundle",
         "run",
         "--config_file",
-        f"['{TRAIN}','{MULTI_GPU}']",
+        str([*bundle_configs.tiny_train, bundle_configs.multi_gpu]),
         *args,
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

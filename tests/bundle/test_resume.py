@@ -11,7 +11,16 @@ import shutil
 import pytest
 import torch
 
-from tests.bundle.conftest import TRAIN, run_workflow, tiny_overrides
+
+
+@pytest.fixture
+def train(bundle_configs, run_bundle, tiny_overrides, tiny_cache, tmp_path):
+    """``train(**overrides)``: a tiny training run in ``tmp_path`` (models in ``tmp_path / "models"``)."""
+
+    def run(**overrides):
+        return run_bundle(bundle_configs.tiny_train, **tiny_overrides(tmp_path, tiny_cache, **overrides))
+
+    return run
 
 
 def _models_of(trained_root, tmp_path):
@@ -19,15 +28,14 @@ def _models_of(trained_root, tmp_path):
     return tmp_path / "models"
 
 
-def test_longer_training_continues_the_schedule(tmp_path, trained_root, tiny_cache, capsys):
+def test_longer_training_continues_the_schedule(tmp_path, trained_root, train, capsys):
     """Repro of issue 9.1: 1 epoch, then the same command with max_epochs 3 (and a new learning rate and epoch
     length)."""
     ckpt_dir = _models_of(trained_root, tmp_path)
     before = torch.load(ckpt_dir / "checkpoint_epoch=1.pt", weights_only=True)
     assert before["lr_scheduler"]["total_iters"] == 1 and before["optimizer"]["param_groups"][0]["lr"] == 0.0
     capsys.readouterr()
-    overrides = tiny_overrides(tmp_path, tiny_cache, max_epochs=3, learning_rate=2e-4, num_samples=3)
-    workflow = run_workflow(TRAIN, **overrides)
+    workflow = train(max_epochs=3, learning_rate=2e-4, num_samples=3)
     out = capsys.readouterr().out
     expected = [2e-4 * (1 - e / 3) ** 0.9 for e in (1, 2, 3)]
     assert re.search(
@@ -48,35 +56,35 @@ def test_longer_training_continues_the_schedule(tmp_path, trained_root, tiny_cac
     assert [e for e, _ in after["key_metric"]["history"]] == [1, 2, 3]
 
 
-def test_fewer_epochs_than_done_are_refused(tmp_path, trained_root, tiny_cache):
+def test_fewer_epochs_than_done_are_refused(tmp_path, trained_root, train, error_chain):
     ckpt_dir = _models_of(trained_root, tmp_path)
     checkpoint = torch.load(ckpt_dir / "checkpoint_epoch=1.pt", weights_only=True)
     checkpoint["trainer"]["iteration"] = 4  # as if 2 epochs were done
     torch.save(checkpoint, ckpt_dir / "checkpoint_epoch=2.pt")
     with pytest.raises(Exception) as info:
-        run_workflow(TRAIN, **tiny_overrides(tmp_path, tiny_cache, max_epochs=1))
+        train(max_epochs=1)
     expected = r"checkpoint_epoch=2\.pt has 2 epochs done, more than max_epochs=1: pass --max_epochs 2"
-    assert re.search(expected, _chain(info))
+    assert re.search(expected, error_chain(info))
 
 
-def test_model_pt_is_restored_when_the_run_stopped_before_it(tmp_path, trained_root, tiny_cache, capsys):
+def test_model_pt_is_restored_when_the_run_stopped_before_it(tmp_path, trained_root, train, capsys):
     ckpt_dir = _models_of(trained_root, tmp_path)
     checkpoint = torch.load(ckpt_dir / "checkpoint_epoch=1.pt", weights_only=True)
     assert checkpoint["key_metric"]["best_epoch"] == 1
     (ckpt_dir / "model.pt").unlink()  # killed after the checkpoint, before model.pt
     capsys.readouterr()
-    run_workflow(TRAIN, **tiny_overrides(tmp_path, tiny_cache, max_epochs=1))  # nothing left to train
+    train(max_epochs=1)  # nothing left to train
     assert "model.pt restored from" in capsys.readouterr().out
     restored = torch.load(ckpt_dir / "model.pt", weights_only=True)
     assert all(torch.equal(restored[k], v) for k, v in checkpoint["model"].items())
 
 
-def test_damaged_newer_checkpoint_is_skipped_and_reported(tmp_path, trained_root, tiny_cache, capsys):
+def test_damaged_newer_checkpoint_is_skipped_and_reported(tmp_path, trained_root, train, capsys):
     ckpt_dir = _models_of(trained_root, tmp_path)
     (ckpt_dir / "checkpoint_epoch=2.pt").write_bytes(b"")
     (ckpt_dir / ".checkpoint_epoch=2.pt.123.abcd1234.tmp").write_bytes(b"half")
     capsys.readouterr()
-    workflow = run_workflow(TRAIN, **tiny_overrides(tmp_path, tiny_cache, max_epochs=2))
+    workflow = train(max_epochs=2)
     out = capsys.readouterr().out
     assert re.search(r"skipping checkpoint .*checkpoint_epoch=2\.pt: unreadable", out), out[-3000:]
     assert "removed 1 temporary files of an interrupted write" in out
@@ -86,27 +94,19 @@ def test_damaged_newer_checkpoint_is_skipped_and_reported(tmp_path, trained_root
     assert torch.load(ckpt_dir / "checkpoint_epoch=2.pt", weights_only=True)["trainer"]["iteration"] == 4
 
 
-def test_model_pt_without_checkpoint_is_not_overwritten_silently(tmp_path, trained_root, tiny_cache):
+def test_model_pt_without_checkpoint_is_not_overwritten_silently(tmp_path, trained_root, train, error_chain):
     os.makedirs(tmp_path / "models")
     shutil.copy(trained_root / "models" / "model.pt", tmp_path / "models" / "model.pt")
     (tmp_path / "models" / "checkpoint_epoch=2.pt").write_bytes(b"")  # as the non-atomic saver could leave
     with pytest.raises(Exception) as info:
-        run_workflow(TRAIN, **tiny_overrides(tmp_path, tiny_cache, max_epochs=1))
-    message = _chain(info)
+        train(max_epochs=1)
+    message = error_chain(info)
     assert "model.pt exists but there is no complete checkpoint_epoch=*.pt" in message
     assert "checkpoint_epoch=2.pt: unreadable" in message and "--resume False" in message
     original = torch.load(trained_root / "models" / "model.pt", weights_only=True)
     kept = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(kept[k], v) for k, v in original.items())
-    run_workflow(TRAIN, **tiny_overrides(tmp_path, tiny_cache, max_epochs=1, resume=False))  # the explicit way
+    train(max_epochs=1, resume=False)  # the explicit way
     assert (tmp_path / "models" / "checkpoint_epoch=1.pt").is_file()
     assert not (tmp_path / "models" / "checkpoint_epoch=2.pt").exists()  # the damaged file is gone
 
-
-def _chain(info) -> str:
-    """All messages along an exception chain (MONAI wraps errors of the config components)."""
-    error, messages = info.value, []
-    while error is not None:
-        messages.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(messages)

@@ -5,30 +5,55 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import warnings
 
 import pytest
 import torch
 
-from monai_sacb.engines import latest_checkpoint
-from monai_sacb.networks import SACBNetDDF
-from tests.bundle.conftest import INFERENCE, META, TRAIN, run_workflow, tiny_overrides
+from monai_sacb.handlers import latest_checkpoint
+from monai_sacb.networks import SACBNetBackbone
 
 
-def _workflow(config_file, workflow_type, **overrides):
+@pytest.fixture
+def workflow_of(bundle_configs):
+    """``workflow_of(config_file, workflow_type, **overrides)``: a ConfigWorkflow of the bundle, not initialised."""
     from monai.bundle import ConfigWorkflow
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return ConfigWorkflow(config_file=config_file, meta_file=META, workflow_type=workflow_type, **overrides)
+    def make(config_file, workflow_type, **overrides):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ConfigWorkflow(
+                config_file=config_file, meta_file=bundle_configs.meta, workflow_type=workflow_type, **overrides
+            )
+
+    return make
 
 
-@pytest.mark.parametrize("config_file, workflow_type", [(TRAIN, "train"), (INFERENCE, "infer")])
-def test_config_properties(config_file, workflow_type, tmp_path):
+@pytest.fixture
+def assert_fails(run_bundle, error_chain):
+    """``assert_fails(pattern, config_file, workflow_type="train", **overrides)``: the run fails, and the message of
+    the error or of one of its causes (MONAI wraps them) matches ``pattern``; returns the messages."""
+
+    def check(pattern, *args, **kwargs) -> str:
+        with pytest.raises(Exception) as info:
+            run_bundle(*args, **kwargs)
+        messages = error_chain(info)
+        assert re.search(pattern, messages, re.S), messages
+        return messages
+
+    return check
+
+
+@pytest.mark.parametrize("workflow_type", ["train", "infer"])
+def test_config_properties(workflow_type, tmp_path, bundle_configs, workflow_of):
     os.makedirs(tmp_path / "models")
     if workflow_type == "infer":  # inference loads it (training refuses a model.pt without checkpoints)
-        torch.save({"model": SACBNetDDF().state_dict()}, tmp_path / "models" / "model.pt")
-    workflow = _workflow(config_file, workflow_type, bundle_root=str(tmp_path), data_format="default")
+        torch.save({"model": SACBNetBackbone().state_dict()}, tmp_path / "models" / "model.pt")
+        config_file = bundle_configs.inference
+    else:
+        config_file = bundle_configs.tiny_train
+    workflow = workflow_of(config_file, workflow_type, bundle_root=str(tmp_path), data_format="default")
     workflow.initialize()
     missing_optional = workflow.check_properties()  # raises when a required property is missing
     assert missing_optional is None or isinstance(missing_optional, list)
@@ -38,18 +63,19 @@ def test_config_properties(config_file, workflow_type, tmp_path):
         for name in ("train#trainer", "train#dataset#data", "train#handlers", "train#inferer", "validate#evaluator"):
             assert workflow.parser.get(name) is not None, name
         assert workflow.parser["train#trainer"]["max_epochs"] == "@max_epochs"
+        assert workflow.parser["pipeline"] == "default"  # set by data_default.json
 
 
-def test_train_checkpoint_interrupt_resume(tmp_path, tiny_cache):
+def test_train_checkpoint_interrupt_resume(
+    tmp_path, tiny_cache, bundle_configs, tiny_overrides, workflow_of, run_bundle
+):
     """Train, stop in the middle of epoch 2, resume: epoch 1 is kept, epoch 2 is redone, training completes."""
     from ignite.engine import Events
 
-    from monai.bundle import ConfigWorkflow
-
     overrides = tiny_overrides(tmp_path, tiny_cache, max_epochs=2)
+    first = workflow_of(bundle_configs.tiny_train, "train", **overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        first = ConfigWorkflow(config_file=TRAIN, meta_file=META, workflow_type="train", **overrides)
         first.initialize()
     trainer = first.parser.get_parsed_content("train#trainer")
 
@@ -66,9 +92,9 @@ def test_train_checkpoint_interrupt_resume(tmp_path, tiny_cache):
     assert set(saved) == {"model", "optimizer", "lr_scheduler", "trainer", "key_metric"}
     assert saved["trainer"]["iteration"] == 2  # 2 iterations per epoch: the end of epoch 1
     best = torch.load(ckpt_dir / "model.pt", weights_only=True)
-    assert set(best) == set(SACBNetDDF().state_dict())  # model.pt: a plain state dict, as in the Model Zoo
+    assert set(best) == set(SACBNetBackbone().state_dict())  # model.pt: a plain state dict, as in the Model Zoo
 
-    second = run_workflow(TRAIN, **overrides)
+    second = run_bundle(bundle_configs.tiny_train, **overrides)
     trainer = second.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch == 2 and trainer.state.iteration == 4  # resumed after epoch 1, not restarted
     assert latest_checkpoint(ckpt_dir) == str(ckpt_dir / "checkpoint_epoch=2.pt")
@@ -80,53 +106,60 @@ def test_train_checkpoint_interrupt_resume(tmp_path, tiny_cache):
     assert 0.0 < metrics["val_identity_dice"] < 1.0
 
 
-def test_resume_disabled_starts_from_scratch(tmp_path, trained_root, tiny_cache):
-    import shutil
-
+def test_resume_disabled_starts_from_scratch(
+    tmp_path, trained_root, tiny_cache, bundle_configs, tiny_overrides, run_bundle
+):
     shutil.copytree(trained_root / "models", tmp_path / "models")
-    workflow = run_workflow(TRAIN, **tiny_overrides(tmp_path, tiny_cache, max_epochs=1, resume=False))
+    overrides = tiny_overrides(tmp_path, tiny_cache, max_epochs=1, resume=False)
+    workflow = run_bundle(bundle_configs.tiny_train, **overrides)
     assert workflow.parser.get_parsed_content("train#trainer").state.iteration == 2
 
 
-def _assert_fails(pattern, *args, **kwargs):
-    """The run fails, and the message of the error or of one of its causes (MONAI wraps them) matches."""
-    with pytest.raises(Exception) as info:
-        run_workflow(*args, **kwargs)
-    error, messages = info.value, []
-    while error is not None:
-        messages.append(str(error))
-        error = error.__cause__ or error.__context__
-    assert any(re.search(pattern, m, re.S) for m in messages), messages
-
-
-def test_bad_dataset_dir_fails_at_once(tmp_path):
+def test_bad_dataset_dir_fails_at_once(tmp_path, bundle_configs, assert_fails):
     missing = tmp_path / "no_such_folder"
-    _assert_fails("does not exist", TRAIN, bundle_root=str(tmp_path), data_format="lpba40", dataset_dir=str(missing))
+    config_files = [bundle_configs.train, bundle_configs.data_files]
+    overrides = {"bundle_root": str(tmp_path), "data_format": "lpba40", "dataset_dir": str(missing)}
+    assert_fails("does not exist", config_files, **overrides)
+    assert not (tmp_path / "runs").exists()
 
 
-def test_bad_format_name_fails_at_once(tmp_path):
+def test_bad_format_name_fails_at_once(tmp_path, bundle_configs, assert_fails):
     pattern = "unknown data format 'nifti'.*valid: default"
-    _assert_fails(pattern, TRAIN, bundle_root=str(tmp_path), data_format="nifti", dataset_dir=str(tmp_path))
+    overrides = {"bundle_root": str(tmp_path), "data_format": "nifti", "dataset_dir": str(tmp_path)}
+    assert_fails(pattern, bundle_configs.train, **overrides)
 
 
-def test_checkpoint_of_another_network_fails_at_once(tmp_path, tiny_cache):
+def test_file_format_without_its_override_file_names_data_files_json(tmp_path, bundle_configs, assert_fails):
+    """train.json alone prepares synthesised pairs; a file format needs data_files.json after it (#8)."""
+    (tmp_path / "lpba40").mkdir()
+    overrides = {"bundle_root": str(tmp_path), "data_format": "lpba40", "dataset_dir": str(tmp_path / "lpba40")}
+    messages = assert_fails(r"data_files\.json", bundle_configs.train, **overrides)
+    assert "lpba40" in messages
+    assert not (tmp_path / "runs").exists()  # refused before any epoch
+
+
+def test_checkpoint_of_another_network_fails_at_once(
+    tmp_path, tiny_cache, bundle_configs, tiny_overrides, assert_fails
+):
     os.makedirs(tmp_path / "models")
-    other = SACBNetDDF(base_channels=2)
+    other = SACBNetBackbone(base_channels=2)
     torch.save({"model": other.state_dict()}, tmp_path / "models" / "checkpoint_epoch=3.pt")
-    _assert_fails("was not saved from this network", TRAIN, **tiny_overrides(tmp_path, tiny_cache))
+    assert_fails("was not saved from this network", bundle_configs.tiny_train, **tiny_overrides(tmp_path, tiny_cache))
     # inference with a wrong --ckpt_path, and with none
     torch.save(other.state_dict(), tmp_path / "other.pt")
     other_ckpt = str(tmp_path / "other.pt")
-    _assert_fails("was not saved from this network", INFERENCE, "infer", bundle_root=str(tmp_path), ckpt_path=other_ckpt)
-    _assert_fails("checkpoint not found", INFERENCE, "infer", bundle_root=str(tmp_path / "empty"))
+    inference = bundle_configs.inference
+    assert_fails("was not saved from this network", inference, "infer", bundle_root=str(tmp_path), ckpt_path=other_ckpt)
+    assert_fails("checkpoint not found", inference, "infer", bundle_root=str(tmp_path / "empty"))
 
 
-def test_main_job_data_trains_and_validates_on_held_out_anatomy(tmp_path):
-    """The main job's data format at 8 mm: label-synthesised training pairs, held-out validation pairs."""
+def test_main_job_data_trains_and_validates_on_held_out_anatomy(tmp_path, bundle_configs, tiny_overrides, run_bundle):
+    """The main job's data format (train.json alone: synth) at 8 mm: label-synthesised training pairs, held-out
+    validation pairs."""
     root = tmp_path / "bundle"
-    overrides = tiny_overrides(root, tmp_path / "cache", max_epochs=1, num_samples=2)
-    overrides.update(data_format="synth", ckpt_dir=str(root / "runs"))
-    workflow = run_workflow(TRAIN, **overrides)
+    overrides = tiny_overrides(root, tmp_path / "cache", max_epochs=1, num_samples=2, ckpt_dir=str(root / "runs"))
+    workflow = run_bundle(bundle_configs.train, **overrides)
+    assert workflow.parser["data_format"] == "synth"
     metrics = workflow.parser.get_parsed_content("validate#evaluator").state.metrics
     assert set(metrics) >= {"val_mean_dice", "val_identity_dice", "val_folding_percent", "val_sd_log_jacobian"}
     assert 0.0 < metrics["val_identity_dice"] < 1.0
