@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 import nibabel as nib
 import numpy as np
+import pytest
+import torch
 
 from monai_sacb.apps import bundle_datalist
 
@@ -120,3 +125,100 @@ def test_instance_optimisation_refines_the_field_and_the_label_follows(
     assert not np.allclose(dice["plain_ddf"], dice["io_ddf"])  # the field was refined
     assert np.mean(dice["io"]) > np.mean(dice["plain"])  # and the labels warped with it overlap better
 
+
+class _ConstantShift(torch.nn.Module):
+    """
+    A network_def that maps every pair to the same ddf, one voxel along the first spatial axis (an exact voxel:
+    nearest and linear sampling agree, so the expected label is a shift of the array). It warps nothing itself.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = torch.nn.Parameter(torch.tensor([1.0, 0.0, 0.0]))
+
+    def forward(self, pair):
+        return self.shift.view(1, 3, 1, 1, 1).expand(pair.shape[0], 3, *pair.shape[2:]).clone()
+
+
+# where inference.json's components look up the warp (the inferer warps the image, Warpd the label)
+WARP_SITES = ("monai_sacb.inferers.pair", "monai_sacb.transforms.spatial")
+
+
+def test_one_inference_pass_warps_the_image_once_and_the_label_once(
+    tiny_cache, tmp_path, bundle_configs, monkeypatch
+):
+    """Issue #8 acceptance: inference.json warps the moving image once (the inferer) and the label once (Warpd in
+    the postprocessing); the network only predicts the ddf, symmetric inference and instance optimisation are off.
+    Every warp and every grid_sample of the inference iteration (inferer and postprocessing) is counted."""
+    from ignite.engine import Events
+
+    from monai.bundle import ConfigWorkflow
+
+    pair = bundle_datalist("default", tiny_cache, "validation", num_pairs=1, spacing=bundle_configs.tiny_spacing)[0]
+    assert pair.get("moving_label")
+    network = _ConstantShift()
+    torch.save({"model": network.state_dict()}, tmp_path / "model.pt")
+    out = tmp_path / "out"
+    overrides = {
+        "bundle_root": str(tmp_path),
+        "ckpt_path": str(tmp_path / "model.pt"),
+        "output_dir": str(out),
+        "network_def": network,
+        "symmetric": False,
+        "io_steps": [0, 0, 0],  # InstanceOptimization returns the network's field unchanged, without a warp
+        "moving_image": pair["moving_image"],
+        "fixed_image": pair["fixed_image"],
+        "moving_label": pair["moving_label"],
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        workflow = ConfigWorkflow(
+            config_file=bundle_configs.inference, meta_file=bundle_configs.meta, workflow_type="infer", **overrides
+        )
+        workflow.initialize()
+    evaluator = workflow.parser.get_parsed_content("evaluator")
+    assert isinstance(workflow.parser.get_parsed_content("network"), _ConstantShift)
+
+    counting = {"on": False}
+    warps, samples = [], []
+    grid_sample = torch.nn.functional.grid_sample
+
+    def counted_grid_sample(image, grid, mode="bilinear", *args, **kwargs):
+        if counting["on"]:
+            samples.append((mode, image.shape[1]))
+        return grid_sample(image, grid, mode, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "grid_sample", counted_grid_sample)
+    for site in WARP_SITES:
+        module = sys.modules[site]  # imported by the workflow's components
+        warp = module.warp_with_ddf
+
+        def counted_warp(image, ddf, *args, _warp=warp, _site=site, **kwargs):
+            if counting["on"]:
+                warps.append((_site, kwargs.get("mode", args[1] if len(args) > 1 else "bilinear")))
+            return _warp(image, ddf, *args, **kwargs)
+
+        monkeypatch.setattr(module, "warp_with_ddf", counted_warp)
+    # the preprocessing (data loading) runs before ITERATION_STARTED; the inferer and postprocessing inside
+    evaluator.add_event_handler(Events.ITERATION_STARTED, lambda _: counting.update(on=True))
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda _: counting.update(on=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            workflow.run()
+        finally:
+            workflow.finalize()
+
+    assert evaluator.state.iteration == 1
+    assert sorted(warps) == [("monai_sacb.inferers.pair", "bilinear"), ("monai_sacb.transforms.spatial", "nearest")]
+    assert sorted(samples) == [("bilinear", 1), ("nearest", 1)]  # nothing else resamples with grid_sample
+
+    # the saved label is the moving label warped by the saved ddf with nearest sampling (border padding): the
+    # constant one-voxel shift along the first axis, the last slice repeated
+    stem = "pair_000_moving_image_to_pair_000_fixed_image"
+    assert _outputs(out) == [f"{stem}_{name}.nii.gz" for name in ("ddf", "warped", "warped_label")]
+    ddf = np.asarray(nib.load(out / f"{stem}_ddf.nii.gz").dataobj).reshape(32, 32, 32, 3)
+    np.testing.assert_allclose(ddf, np.broadcast_to([1.0, 0.0, 0.0], ddf.shape), atol=1e-6)
+    moving_label = np.asarray(nib.load(pair["moving_label"]).dataobj)
+    expected = np.concatenate([moving_label[1:], moving_label[-1:]], axis=0)
+    np.testing.assert_array_equal(np.asarray(nib.load(out / f"{stem}_warped_label.nii.gz").dataobj), expected)
