@@ -12,15 +12,6 @@ from monai_sacb.networks.blocks.warp import warp_with_ddf
 pytestmark = pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp")
 
 
-@pytest.fixture(params=[1, 3])
-def threads(request):
-    """One thread, and three: a single 3D sample is then cut into slabs along a first axis of 6 or 12."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("shape", [(1, 4, 6, 5, 7), (2, 3, 12, 4, 5), (1, 1, 6, 8, 4), (2, 2, 9, 7)])
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
 def test_equals_monai_warp_values_and_gradients(shape, padding_mode, threads):

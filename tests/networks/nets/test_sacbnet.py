@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -18,19 +17,10 @@ from monai_sacb.networks.nets import sacbnet as sacbnet_module
 pytestmark = pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp")
 
 DEFAULT_PARAMETERS = 1_105_591
-BUNDLE_MODEL = Path(__file__).resolve().parents[2] / "bundle" / "models" / "model.pt"
 
 
 def _count(net):
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
-
-
-def _pair(shape, seed=0, dtype=torch.float32):
-    """A moving and a fixed image (values in [1, 2], so zero padding differs from border padding)."""
-    generator = torch.Generator().manual_seed(seed)
-    moving = 1 + torch.rand(shape, generator=generator, dtype=dtype)
-    fixed = 1 + torch.rand(shape, generator=generator, dtype=dtype)
-    return moving, fixed
 
 
 def _net(seed=0, **kwargs):
@@ -82,9 +72,9 @@ SHAPE_CASES = [
 
 
 @pytest.mark.parametrize("spatial_dims, batch, in_channels, spatial, num_clusters", SHAPE_CASES)
-def test_output_shapes(spatial_dims, batch, in_channels, spatial, num_clusters):
+def test_output_shapes(spatial_dims, batch, in_channels, spatial, num_clusters, image_pair):
     net = _net(spatial_dims=spatial_dims, in_channels=in_channels, num_clusters=num_clusters)
-    moving, fixed = _pair((batch, in_channels, *spatial))
+    moving, fixed = image_pair((batch, in_channels, *spatial))
     with torch.no_grad():
         warped, ddf = net(moving, fixed)
     assert warped.shape == (batch, in_channels, *spatial)
@@ -94,18 +84,32 @@ def test_output_shapes(spatial_dims, batch, in_channels, spatial, num_clusters):
     assert ddf.abs().max() > 0
 
 
+@pytest.mark.parametrize(
+    "spatial_dims, batch, in_channels, spatial", [(3, 2, 2, (32, 16, 32)), (3, 1, 4, (16, 32, 16)), (2, 2, 4, (32, 48))]
+)
+def test_backbone_returns_only_the_ddf(spatial_dims, batch, in_channels, spatial, image_pair):
+    torch.manual_seed(0)
+    backbone = SACBNetBackbone(spatial_dims=spatial_dims, in_channels=in_channels, num_clusters=3, kmeans_iters=2)
+    moving, fixed = image_pair((batch, in_channels // 2, *spatial))
+    with torch.no_grad():
+        ddf = backbone(torch.cat([moving, fixed], dim=1))
+    assert isinstance(ddf, torch.Tensor)
+    assert ddf.shape == (batch, spatial_dims, *spatial) and ddf.dtype == torch.float32
+    assert torch.isfinite(ddf).all() and ddf.abs().max() > 0
+
+
 @pytest.mark.parametrize("spatial_dims, spatial", [(3, (32, 48, 16)), (2, (32, 48))])
-def test_default_config_runs_on_small_non_cubic_inputs(spatial_dims, spatial):
+def test_default_config_runs_on_small_non_cubic_inputs(spatial_dims, spatial, image_pair):
     net = _net(spatial_dims=spatial_dims)
-    moving, fixed = _pair((1, 1, *spatial))
+    moving, fixed = image_pair((1, 1, *spatial))
     with torch.no_grad():
         warped, ddf = net(moving, fixed)
     assert ddf.shape == (1, spatial_dims, *spatial)
 
 
-def test_batch_samples_are_independent():
+def test_batch_samples_are_independent(image_pair):
     net = _net(num_clusters=3)
-    moving, fixed = _pair((2, 1, 32, 48, 16), seed=1)
+    moving, fixed = image_pair((2, 1, 32, 48, 16), seed=1)
     with torch.no_grad():
         _, ddf = net(moving, fixed)
         _, ddf_second = net(moving[1:], fixed[1:])
@@ -115,9 +119,9 @@ def test_batch_samples_are_independent():
 # --------------------------------------------------------------------------------------------------- determinism
 
 
-def test_same_input_same_weights_bitwise_same_output():
+def test_same_input_same_weights_bitwise_same_output(image_pair):
     net = _net(num_clusters=7)
-    moving, fixed = _pair((2, 1, 32, 32, 32), seed=2)
+    moving, fixed = image_pair((2, 1, 32, 32, 32), seed=2)
     with torch.no_grad():
         first = net(moving, fixed)
         second = net(moving.clone(), fixed.clone())
@@ -135,9 +139,9 @@ def test_same_input_same_weights_bitwise_same_output():
 
 
 @pytest.mark.parametrize("spatial_dims, spatial", [(3, (32, 32, 32)), (2, (64, 48))])
-def test_gradients_reach_every_parameter(spatial_dims, spatial):
+def test_gradients_reach_every_parameter(spatial_dims, spatial, image_pair):
     net = _net(spatial_dims=spatial_dims)
-    moving, fixed = _pair((2, 1, *spatial), seed=3)
+    moving, fixed = image_pair((2, 1, *spatial), seed=3)
     warped, ddf = net(moving, fixed)
     smoothness = sum(ddf.diff(dim=d).square().mean() for d in range(2, ddf.ndim))
     loss = (warped - fixed).square().mean() + 0.1 * smoothness
@@ -150,9 +154,9 @@ def test_gradients_reach_every_parameter(spatial_dims, spatial):
     assert not zero, f"parameters with an all-zero gradient: {zero}"
 
 
-def test_input_gradients():
+def test_input_gradients(image_pair):
     net = _net(num_clusters=3)
-    moving, fixed = _pair((1, 1, 32, 48, 16), seed=4)
+    moving, fixed = image_pair((1, 1, 32, 48, 16), seed=4)
     moving.requires_grad_(True)
     fixed.requires_grad_(True)
     warped, ddf = net(moving, fixed)
@@ -164,10 +168,10 @@ def test_input_gradients():
 
 
 @pytest.mark.parametrize("padding_mode", [None, "border", "zeros"])
-def test_warped_is_monai_warp_of_moving(padding_mode):
+def test_warped_is_monai_warp_of_moving(padding_mode, image_pair):
     kwargs = {} if padding_mode is None else {"warp_padding_mode": padding_mode}
     net = _net(num_clusters=3, **kwargs)
-    moving, fixed = _pair((2, 1, 32, 48, 16), seed=5)
+    moving, fixed = image_pair((2, 1, 32, 48, 16), seed=5)
     with torch.no_grad():
         warped, ddf = net(moving, fixed)
     expected = Warp(mode="bilinear", padding_mode=padding_mode or "border")(moving, ddf)
@@ -178,9 +182,9 @@ def test_warped_is_monai_warp_of_moving(padding_mode):
     assert (other(moving, ddf) - warped).abs().max() > 1e-3
 
 
-def test_warped_is_monai_warp_2d():
+def test_warped_is_monai_warp_2d(image_pair):
     net = _net(spatial_dims=2, in_channels=2, warp_padding_mode="zeros")
-    moving, fixed = _pair((2, 2, 64, 48), seed=6)
+    moving, fixed = image_pair((2, 2, 64, 48), seed=6)
     with torch.no_grad():
         warped, ddf = net(moving, fixed)
     torch.testing.assert_close(warped, Warp(mode="bilinear", padding_mode="zeros")(moving, ddf), rtol=1e-6, atol=1e-6)
@@ -189,20 +193,20 @@ def test_warped_is_monai_warp_2d():
 # -------------------------------------------------------------------------------------------------------- errors
 
 
-def test_size_not_divisible_by_16():
+def test_size_not_divisible_by_16(image_pair):
     net = SACBNet()
-    moving, fixed = _pair((1, 1, 32, 32, 24))
+    moving, fixed = image_pair((1, 1, 32, 32, 24))
     with pytest.raises(ValueError, match="divisible by 16") as info:
         net(moving, fixed)
     assert "DivisiblePad" in str(info.value)  # says how to fix it
     with pytest.raises(ValueError, match="divisible by 16"):
-        SACBNet(spatial_dims=2)(*_pair((1, 1, 40, 32)))
+        SACBNet(spatial_dims=2)(*image_pair((1, 1, 40, 32)))
 
 
-def test_moving_fixed_shape_mismatch():
+def test_moving_fixed_shape_mismatch(image_pair):
     net = SACBNet()
-    moving, _ = _pair((1, 1, 32, 32, 32))
-    _, fixed = _pair((1, 1, 32, 32, 48))
+    moving, _ = image_pair((1, 1, 32, 32, 32))
+    _, fixed = image_pair((1, 1, 32, 32, 48))
     with pytest.raises(ValueError, match="same shape") as info:
         net(moving, fixed)
     assert "resample" in str(info.value).lower()
@@ -228,9 +232,9 @@ def test_wrong_ndim():
         SACBNet(spatial_dims=2)(torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32))
 
 
-def test_non_finite_input_is_refused_with_a_count():
+def test_non_finite_input_is_refused_with_a_count(image_pair):
     net = _net(num_clusters=3, kmeans_iters=2)
-    moving, fixed = _pair((1, 1, 32, 32, 32), seed=20)
+    moving, fixed = image_pair((1, 1, 32, 32, 32), seed=20)
     moving[0, 0, 3, 4, 5] = float("nan")
     with pytest.raises(ValueError, match=r"moving holds 1 non-finite values \(1 NaN, 0 infinite") as info:
         net(moving, fixed)
@@ -251,8 +255,8 @@ def test_non_finite_input_is_refused_with_a_count():
     assert torch.isnan(ddf).float().mean() > 0.9  # one NaN voxel spoils (nearly) the whole field
 
 
-def test_empty_batch_is_refused():
-    moving, fixed = _pair((0, 1, 32, 32, 32))
+def test_empty_batch_is_refused(image_pair):
+    moving, fixed = image_pair((0, 1, 32, 32, 32))
     with pytest.raises(ValueError, match="empty batch"):
         SACBNet(num_clusters=3)(moving, fixed)
     with pytest.raises(ValueError, match="empty batch"):
@@ -278,8 +282,8 @@ def test_input_dtypes_are_converted_to_the_weights_dtype(moving_dtype, fixed_dty
     assert torch.equal(ddf, ref_ddf) and torch.equal(warped, ref_warped)
 
 
-def test_complex_input_is_refused():
-    moving, fixed = _pair((1, 1, 32, 32, 32))
+def test_complex_input_is_refused(image_pair):
+    moving, fixed = image_pair((1, 1, 32, 32, 32))
     with pytest.raises(ValueError, match="real-valued.*complex64"):
         SACBNet(num_clusters=3)(moving.to(torch.complex64), fixed)
 
@@ -287,13 +291,13 @@ def test_complex_input_is_refused():
 # ----------------------------------------------------------------------------------------- backbone and wrapper
 
 
-def test_backbone_keys_are_the_wrappers_under_backbone():
+def test_backbone_keys_are_the_wrappers_under_backbone(image_pair):
     net = _net(num_clusters=3, in_channels=2)
     backbone = SACBNetBackbone(num_clusters=3, in_channels=4)
     assert list(net.state_dict()) == [f"backbone.{key}" for key in backbone.state_dict()]
     assert {key.split(".")[0] for key in backbone.state_dict()} == {"encoder", "sac_blocks", "refine", "head"}
     backbone.load_state_dict(net.backbone.state_dict())  # strict
-    moving, fixed = _pair((2, 2, 32, 48, 16), seed=7)
+    moving, fixed = image_pair((2, 2, 32, 48, 16), seed=7)
     with torch.no_grad():
         expected = net(moving, fixed)[1]
         ddf = backbone(torch.cat([moving, fixed], dim=1))
@@ -301,8 +305,8 @@ def test_backbone_keys_are_the_wrappers_under_backbone():
     assert torch.equal(ddf, expected)
 
 
-def test_bundle_checkpoint_loads_into_the_backbone_and_the_wrapper():
-    state_dict = torch.load(BUNDLE_MODEL, map_location="cpu", weights_only=True)
+def test_bundle_checkpoint_loads_into_the_backbone_and_the_wrapper(bundle_state_dict):
+    state_dict = bundle_state_dict
     backbone = SACBNetBackbone()
     backbone.load_state_dict(state_dict)  # strict: the shipped plain state dict has exactly these keys
     net = SACBNet()
@@ -311,9 +315,9 @@ def test_bundle_checkpoint_loads_into_the_backbone_and_the_wrapper():
         assert torch.equal(net.state_dict()[f"backbone.{key}"], value)
 
 
-def test_warped_is_warp_with_ddf_of_the_backbones_ddf():
+def test_warped_is_warp_with_ddf_of_the_backbones_ddf(image_pair):
     net = _net(num_clusters=3, kmeans_iters=2)
-    moving, fixed = _pair((1, 1, 32, 32, 32), seed=14)
+    moving, fixed = image_pair((1, 1, 32, 32, 32), seed=14)
     with torch.no_grad():
         warped, ddf = net(moving, fixed)
         expected_ddf = net.backbone(torch.cat([moving, fixed], dim=1))
@@ -321,9 +325,9 @@ def test_warped_is_warp_with_ddf_of_the_backbones_ddf():
     assert torch.equal(warped, warp_with_ddf(moving, expected_ddf, padding_mode="border"))
 
 
-def test_the_wrapper_warps_the_moving_image_exactly_once():
+def test_the_wrapper_warps_the_moving_image_exactly_once(image_pair):
     net = _net(num_clusters=3, kmeans_iters=2).eval()
-    moving, fixed = _pair((1, 1, 32, 32, 32), seed=15)
+    moving, fixed = image_pair((1, 1, 32, 32, 32), seed=15)
     pair = torch.cat([moving, fixed], dim=1)
     with torch.no_grad(), mock.patch.object(sacbnet_module, "warp_with_ddf", wraps=warp_with_ddf) as spy:
         net.backbone(pair)
@@ -388,10 +392,10 @@ def test_backbone_bad_channel_count():
             SACBNetBackbone(in_channels=odd)
 
 
-def test_jit_trace_of_the_backbone():
+def test_jit_trace_of_the_backbone(image_pair):
     torch.manual_seed(8)
     backbone = SACBNetBackbone(num_clusters=3).eval()
-    moving, fixed = _pair((1, 1, 32, 48, 16), seed=8)
+    moving, fixed = image_pair((1, 1, 32, 48, 16), seed=8)
     pair = torch.cat([moving, fixed], dim=1)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -402,7 +406,7 @@ def test_jit_trace_of_the_backbone():
         # oneDNN calls of eager CPU mode: the same function, equal up to float32 rounding
         torch.testing.assert_close(out, eager, rtol=0, atol=1e-3)
         # the trace is not specialised to the values of the example input
-        other = torch.cat(_pair((1, 1, 32, 48, 16), seed=9), dim=1)
+        other = torch.cat(image_pair((1, 1, 32, 48, 16), seed=9), dim=1)
         traced_other = traced(other)
         torch.testing.assert_close(traced_other, backbone(other), rtol=0, atol=1e-3)
         assert not torch.allclose(traced_other, eager)
@@ -412,9 +416,9 @@ def test_jit_trace_of_the_backbone():
 
 
 @pytest.mark.parametrize("spatial_dims, spatial", [(3, (32, 32, 32)), (2, (64, 48))])
-def test_autocast_bfloat16(spatial_dims, spatial):
+def test_autocast_bfloat16(spatial_dims, spatial, image_pair):
     net = _net(spatial_dims=spatial_dims)
-    moving, fixed = _pair((2, 1, *spatial), seed=10)
+    moving, fixed = image_pair((2, 1, *spatial), seed=10)
     with torch.no_grad():
         _, ddf32 = net(moving, fixed)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -429,9 +433,9 @@ def test_autocast_bfloat16(spatial_dims, spatial):
     assert cosine > 0.9
 
 
-def test_float64_after_a_first_forward():
+def test_float64_after_a_first_forward(image_pair):
     net = _net(num_clusters=3)
-    moving, fixed = _pair((1, 1, 32, 48, 16), seed=11)
+    moving, fixed = image_pair((1, 1, 32, 48, 16), seed=11)
     with torch.no_grad():
         _, ddf32 = net(moving, fixed)  # fills the Warp reference-grid caches in float32
         net.to(torch.float64)
@@ -440,11 +444,11 @@ def test_float64_after_a_first_forward():
     torch.testing.assert_close(ddf.float(), ddf32, rtol=1e-3, atol=1e-3)
 
 
-def test_new_sizes_after_a_first_forward():
+def test_new_sizes_after_a_first_forward(image_pair):
     net = _net(num_clusters=3)
     with torch.no_grad():
-        net(*_pair((1, 1, 32, 48, 16)))
-        moving, fixed = _pair((2, 1, 32, 32, 32), seed=12)
+        net(*image_pair((1, 1, 32, 48, 16)))
+        moving, fixed = image_pair((2, 1, 32, 32, 32), seed=12)
         warped, ddf = net(moving, fixed)
         fresh = SACBNet(num_clusters=3)
         fresh.load_state_dict(net.state_dict())
@@ -453,9 +457,9 @@ def test_new_sizes_after_a_first_forward():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_moved_to_cuda_after_a_first_forward():
+def test_moved_to_cuda_after_a_first_forward(image_pair):
     net = _net(num_clusters=3)
-    moving, fixed = _pair((1, 1, 32, 48, 16), seed=13)
+    moving, fixed = image_pair((1, 1, 32, 48, 16), seed=13)
     with torch.no_grad():
         _, ddf_cpu = net(moving, fixed)
         net.cuda()
