@@ -186,8 +186,8 @@ class SACBNetBackbone(nn.Module):
                 by 16.
 
         Returns:
-            the dense displacement field from the fixed to the moving image grid, (B, spatial_dims, *S) in voxels,
-            in the dtype of the weights (float32 under autocast, float32 at least).
+            ddf, (B, spatial_dims, *S) in voxels, such that ``moving(p + ddf(p))`` matches ``fixed(p)``; in the
+            dtype of the weights, at least float32 (float32 under autocast).
 
         Raises:
             ValueError: wrong number of dimensions or channels, an empty batch, sizes not divisible by 16, complex
