@@ -48,7 +48,7 @@ def _load_pairs(args) -> list[dict[str, torch.Tensor]]:
         items = json.loads(Path(args.pairs).read_text())
         transform = pair_preprocessing(intensity="percentile")
     else:
-        from monai_sacb.data import prepare_synth_dataset
+        from monai_sacb.apps import prepare_synth_dataset
 
         items = prepare_synth_dataset(num_validation_pairs=args.num_pairs)["validation"]
         transform = pair_preprocessing(intensity=None)

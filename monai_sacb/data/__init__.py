@@ -3,17 +3,11 @@
 
 from __future__ import annotations
 
-from .datalists import (
-    DATALIST_FORMATS,
-    IMAGE_SUFFIXES,
-    folder_datalist,
-    json_datalist,
-    learn2reg_datalist,
-    lpba40_datalist,
-    make_datalist,
-)
-from .default_dataset import COARSE_AAL_REGIONS, default_cache_dir, default_datalist, prepare_default_dataset
-from .ixi import ALLOW_PICKLE_ENV, IXI_SPLITS, convert_ixi_pickles, ixi_datalist, load_ixi_pickle
+from .datalists import DATALIST_FORMATS, datalist_sections, make_datalist
+from .folder import folder_datalist, folder_sections, json_datalist, json_sections
+from .ixi import ALLOW_PICKLE_ENV, IXI_SPLITS, convert_ixi_pickles, ixi_datalist, ixi_sections, load_ixi_pickle
+from .learn2reg import learn2reg_datalist, learn2reg_sections
+from .lpba40 import lpba40_datalist, lpba40_sections
 from .pairing import (
     PAIR_KEYS,
     PAIRING_STRATEGIES,
@@ -21,9 +15,10 @@ from .pairing import (
     all_pairs,
     as_subject,
     atlas_pairs,
+    harmonize_labels,
     make_pair,
     make_pairs,
     random_pairs,
     subjects_from_pairs,
 )
-from .synth_dataset import ATLAS_FILES, TRAINING_ATLASES, VALIDATION_ATLAS, prepare_synth_dataset, synth_datalist
+from .utils import IMAGE_SUFFIXES, SECTIONS, image_stem, normalize_section

@@ -34,8 +34,8 @@ import numpy as np
 
 from monai.config import PathLike
 
-from monai_sacb.data.datalists import _existing_dir, _existing_file, _natural_key, _normalize_section
 from monai_sacb.data.pairing import atlas_pairs
+from monai_sacb.data.utils import SECTIONS, existing_dir, existing_file, natural_key, normalize_section, save_nifti
 
 __all__ = [
     "ALLOW_PICKLE_ENV",
@@ -43,11 +43,12 @@ __all__ = [
     "load_ixi_pickle",
     "convert_ixi_pickles",
     "ixi_datalist",
+    "ixi_sections",
 ]
 
 ALLOW_PICKLE_ENV = "MONAI_SACB_ALLOW_PICKLE"
 IXI_SPLITS = ("Train", "Val", "Test")
-_SPLIT_OF_SECTION = {"training": "Train", "validation": "Val", "test": "Test"}
+"""The split folders, in the order of :data:`monai_sacb.data.utils.SECTIONS` (training, validation, test)."""
 _CONVERT_COMMAND = "python -m monai_sacb.data.ixi SRC DST --allow_pickle"
 
 # The globals a pickle of numpy arrays refers to; anything else is refused.
@@ -87,7 +88,7 @@ def load_ixi_pickle(path: PathLike, allow_pickle: bool = False) -> tuple[np.ndar
         PermissionError: without the opt-in.
         ValueError: the file does not hold an (image, label) pair of 3D arrays of one shape.
     """
-    path = _existing_file(path, "IXI pickle")
+    path = existing_file(path, "IXI pickle")
     if not _pickle_allowed(allow_pickle):
         raise PermissionError(
             f"Refusing to read {path}: loading a pickle can execute arbitrary code. If you trust the file, pass "
@@ -102,14 +103,6 @@ def load_ixi_pickle(path: PathLike, allow_pickle: bool = False) -> tuple[np.ndar
     if image.ndim != 3 or image.shape != label.shape:
         raise ValueError(f"{path}: image {image.shape} and label {label.shape} must be 3D arrays of one shape.")
     return image.astype(np.float32), label
-
-
-def _save_nifti(array: np.ndarray, path: Path) -> None:
-    import nibabel as nib
-
-    image = nib.Nifti1Image(array, affine=np.eye(4))
-    image.header.set_xyzt_units("mm")
-    nib.save(image, str(path))
 
 
 def convert_ixi_pickles(src: str, dst: str, allow_pickle: bool = False, overwrite: bool = False) -> dict:
@@ -127,7 +120,7 @@ def convert_ixi_pickles(src: str, dst: str, allow_pickle: bool = False, overwrit
     Returns:
         the number of subjects converted per split and the output folder.
     """
-    src_dir = _existing_dir(src, "IXI pickle folder")
+    src_dir = existing_dir(src, "IXI pickle folder")
     if not _pickle_allowed(allow_pickle):
         raise PermissionError(
             "Converting the IXI pickles means loading them, which can execute arbitrary code; pass "
@@ -135,10 +128,10 @@ def convert_ixi_pickles(src: str, dst: str, allow_pickle: bool = False, overwrit
         )
     dst_dir = Path(dst).absolute()
     jobs = [(src_dir / "atlas.pkl", dst_dir / "atlas")]
-    _existing_file(jobs[0][0], "IXI atlas")
+    existing_file(jobs[0][0], "IXI atlas")
     counts: dict[str, int] = {}
     for split in IXI_SPLITS:
-        found = sorted((src_dir / split).glob("subject_*.pkl"), key=_natural_key) if (src_dir / split).is_dir() else []
+        found = sorted((src_dir / split).glob("subject_*.pkl"), key=natural_key) if (src_dir / split).is_dir() else []
         counts[split] = len(found)
         jobs += [(p, dst_dir / split / p.name[: -len(".pkl")]) for p in found]
     if not any(counts.values()):
@@ -148,10 +141,23 @@ def convert_ixi_pickles(src: str, dst: str, allow_pickle: bool = False, overwrit
         if not overwrite and image_path.exists() and label_path.exists():
             continue
         image, label = load_ixi_pickle(pkl, allow_pickle=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _save_nifti(image, image_path)
-        _save_nifti(label.astype(np.int16), label_path)
+        # written atomically: a run interrupted mid-file leaves no partial file that the next run would skip
+        save_nifti(image, np.eye(4), image_path, space="aligned")
+        save_nifti(label.astype(np.int16), np.eye(4), label_path, space="aligned")
     return {"output": str(dst_dir), **counts}
+
+
+def _subject(image: Path, labels: bool) -> dict:
+    """``{"image", "label"?}`` of a converted volume; its label map is ``<name>_label.nii.gz`` beside it."""
+    subject = {"image": str(image)}
+    if labels:
+        subject["label"] = existing_file(image.parent / image.name.replace(".nii.gz", "_label.nii.gz"), "label map")
+    return subject
+
+
+def _split_name(split: str) -> str:
+    """The IXI folder of a split or section name: ``"Val"``, ``"val"`` and ``"validation"`` all give ``"Val"``."""
+    return IXI_SPLITS[SECTIONS.index(normalize_section(split))]
 
 
 def ixi_datalist(root: PathLike, split: str = "Train", labels: bool = True) -> list[dict]:
@@ -167,12 +173,9 @@ def ixi_datalist(root: PathLike, split: str = "Train", labels: bool = True) -> l
         FileNotFoundError: the layout is missing (pointing to the converter when only pickles are found),
             or a subject's label map is missing.
     """
-    root_dir = _existing_dir(root, "IXI folder")
-    names = {s.lower(): s for s in IXI_SPLITS}
-    key = str(split).lower()
-    if key not in names:
-        key = _SPLIT_OF_SECTION[_normalize_section(split)].lower()
-    split_dir = root_dir / names[key]
+    root_dir = existing_dir(root, "IXI folder")
+    split_name = _split_name(split)
+    split_dir = root_dir / split_name
     atlas = root_dir / "atlas.nii.gz"
     if not atlas.is_file():
         if (root_dir / "atlas.pkl").is_file():
@@ -182,19 +185,19 @@ def ixi_datalist(root: PathLike, split: str = "Train", labels: bool = True) -> l
             )
         raise FileNotFoundError(f"IXI atlas not found: {atlas}")
     images = [
-        p for p in _existing_dir(split_dir, f"IXI {names[key]} folder").glob("*.nii.gz")
+        p for p in existing_dir(split_dir, f"IXI {split_name} folder").glob("*.nii.gz")
         if not re.search(r"_label\.nii\.gz$", p.name)
     ]
     if not images:
         raise FileNotFoundError(f"No subject images (*.nii.gz) in {split_dir}.")
+    atlas_subject = _subject(atlas, labels)
+    return atlas_pairs(atlas_subject, [_subject(p, labels) for p in sorted(images, key=natural_key)])
 
-    def subject(image: Path) -> dict:
-        out = {"image": str(image)}
-        if labels:
-            out["label"] = _existing_file(image.parent / image.name.replace(".nii.gz", "_label.nii.gz"), "label map")
-        return out
 
-    return atlas_pairs(subject(atlas), [subject(p) for p in sorted(images, key=_natural_key)])
+def ixi_sections(root: PathLike) -> tuple[str, ...]:
+    """The sections whose split folder (:data:`IXI_SPLITS`) exists under ``root``."""
+    root_dir = existing_dir(root, "IXI folder")
+    return tuple(s for s, split in zip(SECTIONS, IXI_SPLITS) if (root_dir / split).is_dir())
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ __all__ = [
     "PAIR_KEYS",
     "as_subject",
     "make_pair",
+    "harmonize_labels",
     "atlas_pairs",
     "all_pairs",
     "random_pairs",
@@ -69,8 +70,12 @@ def make_pair(moving: dict | str, fixed: dict | str) -> dict:
     return pair
 
 
-def _harmonize_labels(pairs: list[dict]) -> list[dict]:
-    # A batch cannot mix items with and without label keys, so a datalist has labels on every pair or on none.
+def harmonize_labels(pairs: list[dict]) -> list[dict]:
+    """
+    ``pairs`` unchanged when every pair or none has labels; otherwise the pairs without their labels, and a warning.
+
+    A batch cannot mix items with and without label keys, so a datalist has labels on every pair or on none.
+    """
     with_labels = sum("moving_label" in p for p in pairs)
     if 0 < with_labels < len(pairs):
         warnings.warn(
@@ -85,14 +90,14 @@ def atlas_pairs(atlas: dict | str, subjects: Sequence[dict | str]) -> list[dict]
     """Atlas-to-subject pairs: ``moving`` = atlas, ``fixed`` = each subject (the atlas itself is skipped)."""
     atlas = as_subject(atlas)
     pairs = [make_pair(atlas, s) for s in map(as_subject, subjects) if s["image"] != atlas["image"]]
-    return _harmonize_labels(pairs)
+    return harmonize_labels(pairs)
 
 
 def all_pairs(subjects: Sequence[dict | str]) -> list[dict]:
     """All ordered pairs ``(moving=i, fixed=j)`` with ``i != j``: ``n * (n - 1)`` pairs, in a fixed order."""
     subjects = [as_subject(s) for s in subjects]
     pairs = [make_pair(m, f) for i, m in enumerate(subjects) for j, f in enumerate(subjects) if i != j]
-    return _harmonize_labels(pairs)
+    return harmonize_labels(pairs)
 
 
 def _draw_index_pairs(n: int, num_pairs: int, seed: int, epoch: int = 0) -> np.ndarray:
@@ -122,7 +127,7 @@ def random_pairs(
     subjects = [as_subject(s) for s in subjects]
     num_pairs = len(subjects) if num_pairs is None else int(num_pairs)
     index = _draw_index_pairs(len(subjects), num_pairs, seed, epoch)
-    return _harmonize_labels([make_pair(subjects[i], subjects[j]) for i, j in index])
+    return harmonize_labels([make_pair(subjects[i], subjects[j]) for i, j in index])
 
 
 def make_pairs(

