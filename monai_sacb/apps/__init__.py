@@ -1,13 +1,22 @@
 # Copyright (c) monai-sacb contributors
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 """
-Datasets generated from installed packages. Like
+Datasets generated from installed packages, and the bundle's choice of data by format name. Like
 :py:mod:`monai.apps`, this package builds on :py:mod:`monai_sacb.data` and :py:mod:`monai_sacb.transforms`
 (the generated pairs are made by random deformations); ``monai_sacb.data`` itself imports no transforms.
 """
 
 from __future__ import annotations
 
+from .bundle_datalists import (
+    BUNDLE_DATA_FORMATS,
+    DATA_PIPELINES,
+    bundle_datalist,
+    check_data_format,
+    check_pipeline,
+    generated_spacing,
+    inference_datalist,
+)
 from .default_dataset import COARSE_AAL_REGIONS, default_datalist, default_pair_kwargs, prepare_default_dataset
 from .synth_dataset import ATLAS_FILES, TRAINING_ATLASES, VALIDATION_ATLAS, prepare_synth_dataset, synth_datalist
 from .utils import DEFAULT_SPACING, default_cache_dir
