@@ -130,12 +130,10 @@ def _load_template(template: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 def default_pair_kwargs(spacing: float) -> dict[str, Any]:
     """
     Arguments of :py:class:`RandSyntheticPaird` that deform the default dataset prepared at ``spacing`` mm as
-    much, in mm, as its defaults do at :data:`~monai_sacb.apps.utils.DEFAULT_SPACING` (they are in voxels).
+    much, in mm, as its defaults do at :data:`~monai_sacb.apps.utils.DEFAULT_SPACING` (its ``spacing`` argument
+    scales its lengths, which are in voxels); none at the default spacing.
     """
-    if spacing == DEFAULT_SPACING:
-        return {}
-    factor = DEFAULT_SPACING / spacing
-    return {"max_displacement": (4.0 * factor, 7.0 * factor), "control_spacing": 16 * factor}
+    return {} if spacing == DEFAULT_SPACING else {"spacing": float(spacing)}
 
 
 def prepare_default_dataset(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .check import CheckInputsd, CheckLabelGridd, CheckPaird
 from .deformation import RandSmoothDeformd, RandSyntheticPaird, random_smooth_ddf, random_smooth_field
-from .io import LoadPaird
+from .io import LoadPaird, PairNamed, pair_name_formatter
 from .labels import (
     IXI_FREESURFER_LABELS,
     IXI_LABEL_NAMES,
@@ -16,7 +16,7 @@ from .labels import (
     RemapLabels,
     RemapLabelsd,
 )
-from .preprocessing import INTENSITY_OPTIONS, pair_preprocessing
+from .preprocessing import INTENSITY_OPTIONS, IntensityNormalized, pair_preprocessing
 from .synthesis import (
     RandLabelSynthPaird,
     integrate_velocity,

@@ -21,7 +21,10 @@ from monai.utils import convert_to_dst_type, ensure_tuple
 
 from monai_sacb.networks.blocks.warp import warp_with_ddf
 
-__all__ = ["random_smooth_field", "random_smooth_ddf", "RandSmoothDeformd", "RandSyntheticPaird"]
+__all__ = ["REFERENCE_SPACING", "random_smooth_field", "random_smooth_ddf", "RandSmoothDeformd", "RandSyntheticPaird"]
+
+REFERENCE_SPACING = 2.0
+"""Voxel size (mm) for which the random deformations' default lengths (in voxels) are stated: the bundle's grid."""
 
 
 def _cubic_bspline(t: torch.Tensor) -> torch.Tensor:
@@ -241,6 +244,9 @@ class RandSyntheticPaird(RandomizableTransform, MapTransform):
             (each maps the subject onto that side: ``side(p) = subject(p + ddf(p))``).
         keep_source: keep ``image_key``/``label_key`` in the output.
         moving_image_key, fixed_image_key, moving_label_key, fixed_label_key: output keys.
+        spacing: voxel size of the subject in mm. ``max_displacement`` and ``control_spacing`` are then read as
+            voxels of :data:`REFERENCE_SPACING` (2 mm) and multiplied by ``REFERENCE_SPACING / spacing``, so the
+            same values make deformations of the same size in millimetres on any grid. None or 0: as given.
     """
 
     def __init__(
@@ -262,14 +268,17 @@ class RandSyntheticPaird(RandomizableTransform, MapTransform):
         fixed_image_key: str = "fixed_image",
         moving_label_key: str = "moving_label",
         fixed_label_key: str = "fixed_label",
+        spacing: float | None = None,
     ) -> None:
         keys = [image_key] + ([label_key] if label_key is not None else [])
         MapTransform.__init__(self, keys, allow_missing_keys=True)
         RandomizableTransform.__init__(self, prob=1.0)
         self.image_key = image_key
         self.label_key = label_key
-        self.max_displacement = _range(max_displacement)
-        self.control_spacing = control_spacing
+        factor = REFERENCE_SPACING / float(spacing) if spacing else 1.0
+        low, high = _range(max_displacement)
+        self.max_displacement = (low * factor, high * factor)
+        self.control_spacing = control_spacing * factor if spacing else control_spacing
         self.gamma_range = _range(gamma_range)
         self.contrast_range = _range(contrast_range)
         self.bias_field_magnitude = float(bias_field_magnitude)

@@ -24,7 +24,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type
 
 from monai_sacb.networks.blocks.warp import resize_ddf, warp_with_ddf
-from monai_sacb.transforms.deformation import random_smooth_field
+from monai_sacb.transforms.deformation import REFERENCE_SPACING, random_smooth_field
 
 __all__ = [
     "integrate_velocity",
@@ -244,6 +244,10 @@ class RandLabelSynthPaird(RandomizableTransform, MapTransform):
         noise_std_range: range of the standard deviation of additive Gaussian noise (image in [0, 1]).
         ddf_keys: optional output keys ``(moving, fixed)`` of the two source deformations.
         keep_source: keep the input keys in the output.
+        spacing: voxel size of the label maps in mm. The lengths ``scales``, ``affine_translation`` and
+            ``bias_field_spacing`` are then read as voxels of ``REFERENCE_SPACING`` (2 mm, the bundle's grid) and
+            multiplied by ``REFERENCE_SPACING / spacing``, so one set of values makes deformations of the same
+            size in millimetres on any grid. None or 0: the lengths are voxels of the data as given.
     """
 
     def __init__(
@@ -267,6 +271,7 @@ class RandLabelSynthPaird(RandomizableTransform, MapTransform):
         noise_std_range: Sequence[float] = (0.0, 0.03),
         ddf_keys: Sequence[str] | None = None,
         keep_source: bool = False,
+        spacing: float | None = None,
     ) -> None:
         keys = [label_key] + ([image_key] if image_key else [])
         MapTransform.__init__(self, keys, allow_missing_keys=True)
@@ -274,8 +279,9 @@ class RandLabelSynthPaird(RandomizableTransform, MapTransform):
         if not 0.0 <= same_geometry_prob <= 1.0 or not 0.0 <= real_image_prob <= 1.0:
             raise ValueError("same_geometry_prob and real_image_prob must be probabilities in [0, 1].")
         self.label_key, self.image_key = label_key, image_key
-        self.scales = tuple((float(s), float(v)) for s, v in scales)
-        self.affine = (float(affine_rotation), float(affine_scaling), float(affine_translation))
+        factor = REFERENCE_SPACING / float(spacing) if spacing else 1.0
+        self.scales = tuple((float(s) * factor, float(v) * factor) for s, v in scales)
+        self.affine = (float(affine_rotation), float(affine_scaling), float(affine_translation) * factor)
         self.same_geometry_prob = float(same_geometry_prob)
         self.real_image_prob = float(real_image_prob)
         self.shared_contrast = bool(shared_contrast)
@@ -283,7 +289,7 @@ class RandLabelSynthPaird(RandomizableTransform, MapTransform):
         self.background_zero_prob = float(background_zero_prob)
         self.blur_sigma_range = tuple(blur_sigma_range)
         self.bias_field_magnitude = float(bias_field_magnitude)
-        self.bias_field_spacing = float(bias_field_spacing)
+        self.bias_field_spacing = float(bias_field_spacing) * factor
         self.gamma_range = tuple(gamma_range)
         self.noise_std_range = tuple(noise_std_range)
         self.ddf_keys = tuple(ddf_keys) if ddf_keys is not None else None

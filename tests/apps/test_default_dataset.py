@@ -19,6 +19,7 @@ from monai_sacb.apps import (
     default_pair_kwargs,
     prepare_default_dataset,
 )
+from monai_sacb.transforms import RandSyntheticPaird
 
 pytestmark = pytest.mark.usefixtures("atlas_packages")
 
@@ -154,5 +155,7 @@ def test_bad_arguments(tmp_path):
 
 def test_pair_kwargs_keep_the_deformation_in_mm():
     assert default_pair_kwargs(2.0) == {}
-    assert default_pair_kwargs(4.0) == {"max_displacement": (2.0, 3.5), "control_spacing": 8.0}
-    assert default_pair_kwargs(1.0) == {"max_displacement": (8.0, 14.0), "control_spacing": 32.0}
+    for spacing, factor in ((4.0, 0.5), (1.0, 2.0)):
+        pair = RandSyntheticPaird(**default_pair_kwargs(spacing))
+        assert pair.max_displacement == (4.0 * factor, 7.0 * factor)
+        assert pair.control_spacing == 16 * factor

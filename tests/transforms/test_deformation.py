@@ -179,3 +179,11 @@ def test_synthetic_pair_without_label_or_intensity_changes():
     assert set(out) == {"image", "moving_image", "fixed_image"}
     assert torch.allclose(out["moving_image"], image, atol=1e-5)
     assert torch.allclose(out["fixed_image"], image, atol=1e-5)
+
+
+def test_spacing_scales_the_deformation_lengths_to_the_grid():
+    reference = RandSyntheticPaird()
+    coarse = RandSyntheticPaird(spacing=8.0)  # 4x the reference voxel: lengths in voxels shrink 4x
+    assert coarse.max_displacement == tuple(v / 4 for v in reference.max_displacement)
+    assert coarse.control_spacing == reference.control_spacing / 4
+    assert RandSyntheticPaird(spacing=None).max_displacement == reference.max_displacement

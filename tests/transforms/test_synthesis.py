@@ -176,3 +176,12 @@ def test_bad_inputs_are_named():
         maker({"label": torch.zeros(1, 8, 8, 8), "image": torch.zeros(1, 8, 8, 16)})
     with pytest.raises(ValueError, match="probabilities"):
         RandLabelSynthPaird(real_image_prob=2.0)
+
+
+def test_spacing_scales_the_synthesis_lengths_to_the_grid():
+    reference = RandLabelSynthPaird()
+    fine = RandLabelSynthPaird(spacing=1.0)  # half the reference voxel: lengths in voxels double
+    assert fine.scales == tuple((2 * s, 2 * v) for s, v in reference.scales)
+    assert fine.affine == (reference.affine[0], reference.affine[1], 2 * reference.affine[2])
+    assert fine.bias_field_spacing == 2 * reference.bias_field_spacing
+    assert RandLabelSynthPaird(spacing=0).scales == reference.scales
