@@ -21,6 +21,9 @@ ALLOWED = {
     "inferers": {"networks", "losses"},
     "engines": set(),
     "handlers": {"metrics"},
+    # the command line sits on top, beside the bundle configs: it may import every subpackage
+    "cli": {"networks", "losses", "metrics", "data", "transforms", "apps", "inferers", "engines", "handlers"},
+    "__main__": {"cli"},
 }
 
 
