@@ -71,7 +71,7 @@ class UserError(Exception):
     """A problem with what the user gave (an option, a file): reported in one line, exit code 2."""
 
 
-_USER_ERROR_TYPES = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError, RuntimeError)
+_USER_ERROR_TYPES = (OSError, ValueError, RuntimeError)  # FileNotFoundError, PermissionError, ... are OSErrors
 
 
 def _chain(error: BaseException) -> list[BaseException]:
@@ -180,7 +180,7 @@ def find_bundle(bundle_dir: str | os.PathLike | None = None) -> Path:
     if bundle_dir:
         root = Path(os.path.expanduser(os.fspath(bundle_dir))).absolute()
         if not (root / "configs").is_dir():
-            raise UserError(f"--bundle-dir {root}: no configs/ folder there; give the bundle folder (it holds configs/).")
+            raise UserError(f"--bundle-dir {root}: no configs/ folder there; give the bundle folder (with configs/).")
         return root
     root = PACKAGE_DIR.parent / "bundle"
     if not (root / "configs").is_dir():
@@ -224,12 +224,13 @@ def _check_device(device: str | None) -> None:
 
 
 def _check_override_ids(config_files: Sequence[Path], overrides: dict) -> None:
-    """A UserError naming the setting when an override is not a setting of the configs (a renamed option)."""
+    """A UserError naming the setting when an override is not a setting of the configs (e.g. a typo in --set)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config([str(f) for f in config_files])
-    unknown = [key for key in overrides if key not in parser]
+    # a nested id may add an argument to a component (network_def#kmeans_iters): its parent must exist
+    unknown = [key for key in overrides if (key.rpartition("#")[0] or key) not in parser]
     if unknown:
         names = ", ".join(f.name for f in config_files)
         raise UserError(f"{names} has no setting {', '.join(map(repr, unknown))}; check the option or --set key.")
@@ -278,7 +279,8 @@ def run_workflow(
     config_files: Sequence[Path],
     overrides: dict,
     workflow_type: str | None,
-    verbose: bool = False,
+    logs: bool = False,
+    show_warnings: bool = False,
     debug: bool = False,
     engine_id: str | None = None,
     attach: Callable[[Any], None] | None = None,
@@ -286,21 +288,21 @@ def run_workflow(
     """
     Run a bundle workflow in this process: ``ConfigWorkflow(config_files, **overrides)``, initialise, ``attach``
     (called with the engine ``engine_id`` before it runs, e.g. to add a progress handler), run, finalise.
-    ``verbose`` uses the bundle's logging config (engine logs on stdout) and shows warnings; otherwise the CLI's
-    own lines are all the output. Tracebacks are logged only with ``debug``.
+    ``logs`` uses the bundle's logging config (engine logs on stdout), otherwise the CLI's own lines are all the
+    output; warnings are shown with ``show_warnings``, tracebacks logged only with ``debug``.
     """
     from monai.bundle import ConfigWorkflow
 
     _check_override_ids(config_files, overrides)
     meta = bundle / "configs" / "metadata.json"
     logging_conf = bundle / "configs" / "logging.conf"
-    with warnings.catch_warnings(), _bundle_logging(verbose, debug) as filter_handlers:
-        if not verbose:
+    with warnings.catch_warnings(), _bundle_logging(logs, debug) as filter_handlers:
+        if not show_warnings:
             warnings.simplefilter("ignore")
         workflow = ConfigWorkflow(
             config_file=[str(f) for f in config_files],
             meta_file=str(meta) if meta.is_file() else None,
-            logging_file=str(logging_conf) if verbose and logging_conf.is_file() else False,
+            logging_file=str(logging_conf) if logs and logging_conf.is_file() else False,
             workflow_type=workflow_type,
             **overrides,
         )
@@ -397,9 +399,15 @@ def _model_path(args: argparse.Namespace, bundle: Path) -> str:
     return str(shipped)
 
 
+def _kind_order(path: Path) -> tuple[int, str]:
+    order = ["warped moving image", "warped moving label", "MONAI ddf", "displacement field", "ITK"]
+    kind = _describe_output(path)
+    return next((i for i, k in enumerate(order) if kind.startswith(k)), len(order)), str(path)
+
+
 def _print_files(title: str, files: Sequence[Path]) -> None:
     print(title)
-    for path in files:
+    for path in sorted(files, key=_kind_order):
         kind = _describe_output(path)
         print(f"  {path}" + (f"  ({kind})" if kind else ""))
 
@@ -433,10 +441,13 @@ def cmd_register(args: argparse.Namespace) -> int:
     before = _snapshot(out)
     print(f"registering {moving} (moving) to {fixed} (fixed) with {overrides['ckpt_path']}", file=sys.stderr)
     start = time.perf_counter()
-    run_workflow(bundle, [config], overrides, "infer", args.verbose, args.debug, "evaluator", _progress(1))
+    run_workflow(
+        bundle, [config], overrides, "infer", args.verbose, args.verbose, args.debug, "evaluator", _progress(1)
+    )
     files = _written(out, before)
     if not files:
-        raise RuntimeError(f"the inference workflow ran but wrote nothing in {out}.")
+        print(f"{PROG} register: internal error: the inference workflow wrote nothing in {out}", file=sys.stderr)
+        return 1
     _print_files(f"done in {time.perf_counter() - start:.1f} s; {len(files)} files written:", files)
     return 0
 
@@ -484,13 +495,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overrides["spacing"] = args.spacing
     if args.no_symmetric:
         overrides["symmetric"] = False
+    if args.intensity is not None:
+        overrides["intensity"] = None if args.intensity == "none" else args.intensity
     if args.output_dir:
         overrides["output_dir"] = str(Path(os.path.expanduser(args.output_dir)).absolute())
     overrides.update(dict(args.set or ()))
     out = Path(overrides["output_dir"]) if "output_dir" in overrides else None
     before = _snapshot(out) if out else {}
     start = time.perf_counter()
-    workflow = run_workflow(bundle, [config], overrides, None, True, args.debug, "evaluator", _progress())
+    workflow = run_workflow(
+        bundle, [config], overrides, None, True, args.verbose, args.debug, "evaluator", _progress()
+    )
     if out is None:
         out = Path(str(workflow.parser.get_parsed_content("output_dir"))).absolute()
     files = _written(out, before)
@@ -527,14 +542,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     for option in ("max_epochs", "num_samples", "spacing"):
         if getattr(args, option) is not None:
             overrides[option] = getattr(args, option)
-    if args.ckpt_dir:
-        overrides["ckpt_dir"] = str(Path(os.path.expanduser(args.ckpt_dir)).absolute())
+    for option in ("ckpt_dir", "output_dir"):
+        if getattr(args, option):
+            overrides[option] = str(Path(os.path.expanduser(getattr(args, option))).absolute())
     if args.resume is not None:
         overrides["resume"] = args.resume
     overrides.update(dict(args.set or ()))
     print(f"training with {', '.join(str(c) for c in configs)}", file=sys.stderr)
     start = time.perf_counter()
-    workflow = run_workflow(bundle, configs, overrides, "train", True, args.debug)
+    workflow = run_workflow(bundle, configs, overrides, "train", True, args.verbose, args.debug)
     ckpt_dir = Path(str(workflow.parser.get_parsed_content("ckpt_dir"))).absolute()
     files = sorted(ckpt_dir.glob("*.pt"))
     _print_files(f"done in {time.perf_counter() - start:.1f} s; checkpoints in {ckpt_dir}:", files)
@@ -570,7 +586,11 @@ def _add_common(parser: argparse.ArgumentParser, bundle: bool = True) -> None:
             help="any other bundle setting (repeatable), e.g. --set network_def#kmeans_iters=3; VALUE is read as a "
             "Python literal (numbers, lists, True, None), else as text",
         )
-    group.add_argument("--verbose", action="store_true", help="the bundle's log lines and warnings")
+    group.add_argument(
+        "--verbose",
+        action="store_true",
+        help="warnings, and for register the bundle's log lines (evaluate and train always show them)",
+    )
     group.add_argument("--debug", action="store_true", help="full traceback on errors")
 
 
@@ -603,9 +623,11 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("fixed", metavar="FIXED", help="the target image; every output is on its grid")
     reg.add_argument("-o", "--output-dir", metavar="OUT_DIR", required=True, help="folder for the outputs (created)")
     reg.add_argument(
-        "--moving-label", metavar="L", help="label map of MOVING (integers, on MOVING's grid), warped by nearest neighbour"
+        "--moving-label",
+        metavar="L",
+        help="label map of MOVING (integers, on MOVING's grid), warped by nearest neighbour",
     )
-    reg.add_argument("--model", metavar="PATH", help="network weights (model.pt); default: the bundle's models/model.pt")
+    reg.add_argument("--model", metavar="PATH", help="weights (model.pt); default: the bundle's models/model.pt")
     reg.add_argument(
         "--io-steps",
         metavar="N|a,b,c",
@@ -614,7 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
         "network alone; default: the bundle's 0,50,10",
     )
     reg.add_argument(
-        "--no-symmetric", action="store_true", help="one forward pass instead of both ways averaged (faster, less accurate)"
+        "--no-symmetric",
+        action="store_true",
+        help="one forward pass instead of both ways averaged (faster, less accurate)",
     )
     reg.add_argument(
         "--spacing",
@@ -626,7 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "--intensity",
         choices=("percentile", "minmax", "zscore", "none"),
-        help="intensity scaling of both images before the network; default: the bundle's percentile (0.5-99.5 %% -> 0-1)",
+        help="intensity scaling of both images before the network; default: the bundle's percentile "
+        "(0.5-99.5 %% -> 0-1)",
     )
     reg.add_argument("--device", metavar="D", type=_device, help="cpu, cuda, cuda:N; default: cuda:0 if available")
     _add_common(reg)
@@ -642,10 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
         "`register` and its moving image, this gives the moving image registered onto the fixed grid, in its own "
         "intensities."
         ),
-        epilog="TRANSFORM: a displacement field as a vector image (LPS millimetres; NIfTI (X, Y, Z, 1, 3), NRRD, MHA),\n"
-        "  such as `monai-sacb register` writes (_itk_displacement.nii.gz) or ANTs writes (Warp.nii.gz).\n"
+        epilog="TRANSFORM: a displacement field stored as a vector image (LPS millimetres; NIfTI (X, Y, Z, 1, 3),\n"
+        "  NRRD, MHA), such as `monai-sacb register` (_itk_displacement.nii.gz) or ANTs (Warp.nii.gz) writes.\n"
         "  The MONAI _ddf.nii.gz (voxels) is not an ITK field and is refused.\n"
-        "Outside the moving image the output is 0.\n\n"
+        "Where x + u(x) falls outside IMAGE the output is 0.\n\n"
         f"example:\n  {PROG} apply out/mov_to_fix_itk_displacement.nii.gz mov_seg.nii.gz -o seg_on_fixed.nii.gz "
         f"--nearest\n\n{EXIT_CODES}",
         formatter_class=_Formatter,
@@ -677,17 +702,23 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="data formats: synth (default, nothing to download), default, folder, json, learn2reg, ixi, lpba40 "
         "(see bundle/docs/README.md, 'Data').\n\n"
-        f"example:\n  {PROG} evaluate --data-format lpba40 --dataset-dir /data/LPBA40 --output-dir eval\n\n{EXIT_CODES}",
+        f"example:\n  {PROG} evaluate --data-format lpba40 --dataset-dir /data/LPBA40 --output-dir eval\n\n"
+        f"{EXIT_CODES}",
         formatter_class=_Formatter,
     )
     ev.add_argument("--data-format", metavar="NAME", help="data format; default: the bundle's (synth)")
-    ev.add_argument("--dataset-dir", metavar="DIR", help="the data folder or JSON datalist (synth/default: cache folder)")
+    ev.add_argument("--dataset-dir", metavar="DIR", help="data folder or JSON datalist (synth/default: cache folder)")
     ev.add_argument("--output-dir", metavar="DIR", help="where the report and files go; default: the bundle's")
     ev.add_argument("--model", metavar="PATH", help="network weights; default: the bundle's models/model.pt")
     ev.add_argument("--io-steps", metavar="N|a,b,c", type=_non_negative_ints, help="instance optimisation steps")
     ev.add_argument("--num-pairs", metavar="N", type=_positive_int, help="evaluate at most N pairs")
     ev.add_argument("--spacing", metavar="MM", type=_spacing, help="voxel size in mm to resample to")
     ev.add_argument("--no-symmetric", action="store_true", help="one forward pass instead of both ways averaged")
+    ev.add_argument(
+        "--intensity",
+        choices=("percentile", "minmax", "zscore", "none"),
+        help="intensity scaling before the network; default: the bundle's percentile",
+    )
     ev.add_argument("--device", metavar="D", type=_device, help="cpu, cuda, cuda:N; default: cuda:0 if available")
     _add_common(ev)
     ev.set_defaults(func=cmd_evaluate)
@@ -708,13 +739,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     tr.add_argument("--data-format", metavar="NAME", help="data format; default: synth")
-    tr.add_argument("--dataset-dir", metavar="DIR", help="the data folder or JSON datalist (synth/default: cache folder)")
+    tr.add_argument("--dataset-dir", metavar="DIR", help="data folder or JSON datalist (synth/default: cache folder)")
     tr.add_argument("--max-epochs", metavar="N", type=_positive_int, help="epochs; default: the bundle's (4)")
     tr.add_argument("--num-samples", metavar="N", type=_positive_int, help="iterations per epoch (synth, default data)")
     tr.add_argument("--ckpt-dir", metavar="DIR", help="checkpoint folder; default: the bundle's runs/")
     tr.add_argument("--spacing", metavar="MM", type=_spacing, help="voxel size in mm (generated data: of the data set)")
+    tr.add_argument("--output-dir", metavar="DIR", help="TensorBoard logs; default: the bundle's eval/")
     resume = tr.add_mutually_exclusive_group()
-    resume.add_argument("--resume", dest="resume", action="store_true", default=None, help="go on from the latest checkpoint (the default)")
+    resume.add_argument(
+        "--resume", dest="resume", action="store_true", default=None, help="go on from the latest checkpoint (default)"
+    )
     resume.add_argument("--no-resume", dest="resume", action="store_false", help="start from scratch")
     tr.add_argument("--device", metavar="D", type=_device, help="cpu, cuda, cuda:N; default: cuda:0 if available")
     _add_common(tr)
