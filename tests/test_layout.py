@@ -20,9 +20,12 @@ ALLOWED = {
     "apps": {"data", "transforms"},
     "inferers": {"networks", "losses"},
     "engines": set(),
-    "handlers": {"metrics"},
+    "visualize": {"metrics"},
+    "handlers": {"metrics", "visualize"},
     # the command line sits on top, beside the bundle configs: it may import every subpackage
-    "cli": {"networks", "losses", "metrics", "data", "transforms", "apps", "inferers", "engines", "handlers"},
+    "cli": {
+        "networks", "losses", "metrics", "data", "transforms", "apps", "inferers", "engines", "visualize", "handlers"
+    },
     "__main__": {"cli"},
 }
 
