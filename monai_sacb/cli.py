@@ -435,6 +435,8 @@ def cmd_register(args: argparse.Namespace) -> int:
         overrides["spacing"] = args.spacing
     if args.intensity is not None:
         overrides["intensity"] = None if args.intensity == "none" else args.intensity
+    if sys.stderr.isatty():
+        overrides["io_progress"] = True  # a bar over the instance optimisation steps, on a terminal
     overrides.update(dict(args.set or ()))
     out = Path(overrides["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -497,6 +499,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overrides["symmetric"] = False
     if args.intensity is not None:
         overrides["intensity"] = None if args.intensity == "none" else args.intensity
+    if sys.stderr.isatty():
+        overrides["io_progress"] = True
     if args.output_dir:
         overrides["output_dir"] = str(Path(os.path.expanduser(args.output_dir)).absolute())
     overrides.update(dict(args.set or ()))
