@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 
 """Ignite handlers: the registration metrics of ``monai_sacb.metrics`` (MONAI ``IgniteMetricHandler``), crash-safe
-checkpoints and resuming, and a progress bar."""
+checkpoints and resuming, a progress bar, and the evaluation report and figures of registered pairs."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from .checkpoint import (
 from .ddf_metric_handlers import DDFMetricHandler, PercentFolding, SDLogJacobian
 from .label_metric_handlers import LabelDice, LabelHausdorffDistance, LabelSurfaceDistance
 from .progress import TrainProgressBar
+from .registration_panels import RegistrationPanelSaver, TensorBoardRegistrationPanels
+from .registration_report import RegistrationReport
 
 __all__ = [
     "LATEST_PATTERN",
@@ -31,8 +33,11 @@ __all__ = [
     "LabelHausdorffDistance",
     "LabelSurfaceDistance",
     "PercentFolding",
+    "RegistrationPanelSaver",
+    "RegistrationReport",
     "ResumeFromLatest",
     "SDLogJacobian",
+    "TensorBoardRegistrationPanels",
     "TrainProgressBar",
     "TrainerCheckpointSaver",
     "atomic_save",
