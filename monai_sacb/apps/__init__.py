@@ -12,6 +12,7 @@ from .bundle_datalists import (
     BUNDLE_DATA_FORMATS,
     DATA_PIPELINES,
     bundle_datalist,
+    bundle_label_names,
     check_data_format,
     check_pipeline,
     generated_spacing,

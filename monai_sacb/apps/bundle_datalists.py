@@ -23,8 +23,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from monai_sacb.apps.default_dataset import default_datalist, default_pair_kwargs
-from monai_sacb.apps.synth_dataset import synth_datalist
+from monai_sacb.apps.default_dataset import default_datalist, default_pair_kwargs, prepare_default_dataset
+from monai_sacb.apps.synth_dataset import prepare_synth_dataset, synth_datalist
 from monai_sacb.apps.utils import DEFAULT_SPACING
 from monai_sacb.data import DATALIST_FORMATS, datalist_sections, make_datalist, normalize_section
 
@@ -33,6 +33,7 @@ __all__ = [
     "DATA_PIPELINES",
     "DEFAULT_SPACING",
     "bundle_datalist",
+    "bundle_label_names",
     "check_data_format",
     "check_pipeline",
     "generated_spacing",
@@ -49,6 +50,8 @@ _PIPELINE_DATA = {
     "files": "is read from files",
 }
 _PIPELINE_CONFIGS = {"default": "bundle/configs/data_default.json", "files": "bundle/configs/data_files.json"}
+# validation pairs of the generated datasets when num_pairs is not given
+_GENERATED_PAIRS = {"synth": 16, "default": 8}
 _LABEL_HINTS = {
     "folder": "put the label maps in a labels/ folder next to the images (same file names)",
     "json": "give 'moving_label' and 'fixed_label' in every entry of the JSON datalist",
@@ -126,8 +129,8 @@ def bundle_datalist(
         spacing: ``"default"`` and ``"synth"`` only: voxel size of the prepared dataset (one number; 0 or None:
             :data:`DEFAULT_SPACING`). The other formats keep the files' grid here: their transforms resample.
         require_labels: every pair must have ``moving_label`` and ``fixed_label`` (the validation of
-            ``train.json``, whose key metric is the Dice of the warped labels): checked here, before training
-            starts, instead of failing after a whole epoch.
+            ``train.json``, whose key metric is the Dice of the warped labels, and ``evaluate.json``): checked
+            here, before anything runs, instead of failing after a whole epoch.
         pipeline: the training transforms the config lists (``"synth"``, ``"default"`` or ``"files"``); for the
             training section, checked against the data format (see :py:func:`check_pipeline`).
         kwargs: further arguments of :py:func:`monai_sacb.data.make_datalist` (e.g. ``pairing="atlas"``).
@@ -146,7 +149,7 @@ def bundle_datalist(
             section,
             cache_dir=cache_dir,
             num_samples=int(num_samples),
-            num_validation_pairs=int(num_pairs) if num_pairs else 16,
+            num_validation_pairs=int(num_pairs) if num_pairs else _GENERATED_PAIRS[fmt],
             spacing=generated_spacing(spacing),
         )
     elif fmt == "default":
@@ -155,7 +158,7 @@ def bundle_datalist(
             "validation" if section == "test" else section,
             cache_dir=cache_dir,
             num_samples=int(num_samples),
-            num_validation_pairs=int(num_pairs) if num_pairs else 8,
+            num_validation_pairs=int(num_pairs) if num_pairs else _GENERATED_PAIRS[fmt],
             spacing=voxel,
             pair_kwargs=default_pair_kwargs(voxel),
         )
@@ -172,6 +175,36 @@ def bundle_datalist(
     return data
 
 
+def bundle_label_names(
+    data_format: str = "synth",
+    dataset_dir: str | os.PathLike | None = None,
+    num_pairs: int | None = None,
+    spacing: float | Sequence[float] | None = None,
+) -> dict[str, str] | None:
+    """
+    Names of the label values of the validation (and test) pairs of :py:func:`bundle_datalist` given the same
+    arguments, ``{"value": name}``: the structures of the generated datasets (``"synth"``: the Desikan-Killiany
+    parcellation, ``"default"``: the merged AAL regions), read from their manifests; ``None`` for data read from
+    files, whose label values the bundle does not name.
+    """
+    fmt = check_data_format(data_format)
+    if fmt not in _GENERATED_PAIRS:
+        return None
+    cache_dir = os.fspath(dataset_dir) if dataset_dir else None
+    count = int(num_pairs) if num_pairs else _GENERATED_PAIRS[fmt]
+    voxel = generated_spacing(spacing)
+    if fmt == "synth":
+        return dict(
+            prepare_synth_dataset(cache_dir=cache_dir, num_validation_pairs=count, spacing=voxel)[
+                "validation_label_names"
+            ]
+        )
+    info = prepare_default_dataset(
+        cache_dir=cache_dir, num_validation_pairs=count, spacing=voxel, pair_kwargs=default_pair_kwargs(voxel)
+    )
+    return dict(info["label_names"])
+
+
 def _check_labels(data: list[dict], fmt: str, dataset_dir: Any, section: str) -> None:
     """A ``ValueError`` naming the data, the first pair without labels and the fix, when a pair lacks labels."""
     keys = ("moving_label", "fixed_label")
@@ -182,8 +215,9 @@ def _check_labels(data: list[dict], fmt: str, dataset_dir: Any, section: str) ->
     example = {k: first.get(k) for k in ("moving_image", "fixed_image", *keys) if k in first}
     raise ValueError(
         f"{len(missing)} of the {len(data)} {section} pairs of data format {fmt!r} in {dataset_dir!r} have no "
-        f"label maps (first: {example}), but validation scores the warped labels (val_mean_dice, the key metric "
-        f"that selects model.pt). Give labels: {_LABEL_HINTS.get(fmt, 'add moving_label and fixed_label')}."
+        f"label maps (first: {example}), but their warped labels are scored (train.json's validation: "
+        f"val_mean_dice selects model.pt; evaluate.json: Dice, HD95, ASSD). "
+        f"Give labels: {_LABEL_HINTS.get(fmt, 'add moving_label and fixed_label')}."
     )
 
 

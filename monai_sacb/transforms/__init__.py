@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .check import CheckInputsd, CheckLabelGridd, CheckPaird
 from .deformation import RandSmoothDeformd, RandSyntheticPaird, random_smooth_ddf, random_smooth_field
-from .io import LoadPaird, PairNamed, pair_name_formatter
+from .io import LoadPaird, PairNamed, pair_name, pair_name_formatter
 from .labels import (
     IXI_FREESURFER_LABELS,
     IXI_LABEL_NAMES,

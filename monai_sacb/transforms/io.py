@@ -13,7 +13,7 @@ from monai.transforms import LoadImaged, MapTransform
 
 from monai_sacb.data.utils import image_stem
 
-__all__ = ["LoadPaird", "PairNamed", "pair_name_formatter"]
+__all__ = ["LoadPaird", "PairNamed", "pair_name", "pair_name_formatter"]
 
 
 def _describe(value: Any) -> str:
@@ -91,15 +91,25 @@ class PairNamed(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        stems = []
-        for key in (self.moving_key, self.fixed_key):
-            value = d.get(key)
-            name = value.meta.get("filename_or_obj") if isinstance(value, MetaTensor) else None
-            stems.append(image_stem(str(name)) if name else key)
+        name = pair_name(d, self.moving_key, self.fixed_key)
         for key in self.key_iterator(d):
             if isinstance(d[key], MetaTensor):
-                d[key].meta["filename_or_obj"] = f"{stems[0]}_to_{stems[1]}"
+                d[key].meta["filename_or_obj"] = name
         return d
+
+
+def pair_name(data: Mapping[Hashable, Any], moving_key: str = "moving_image", fixed_key: str = "fixed_image") -> str:
+    """
+    ``"<moving stem>_to_<fixed stem>"`` from the ``filename_or_obj`` of the pair's images (a key's own name stands
+    in for a missing file name): the name :py:class:`PairNamed` gives the outputs, and the pair's name in the
+    reports and figures of ``evaluate.json``.
+    """
+    stems = []
+    for key in (moving_key, fixed_key):
+        value = data.get(key)
+        name = value.meta.get("filename_or_obj") if isinstance(value, MetaTensor) else None
+        stems.append(image_stem(str(name)) if name else key)
+    return f"{stems[0]}_to_{stems[1]}"
 
 
 def pair_name_formatter(metadict: dict | None, saver: Any) -> dict:

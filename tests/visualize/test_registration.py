@@ -64,7 +64,8 @@ def test_panel_has_three_orientations_by_six_columns_and_names_the_folding(pair,
     titles = [ax.get_title() for ax in image_axes[: len(PANEL_COLUMNS)]]
     assert titles[:5] == list(PANEL_COLUMNS[:5])
     assert titles[5] == f"log|J|, folds {100 * 4 * 20 * 16 / np.prod(SHAPE):.3f}%"
-    assert [ax.get_ylabel() for ax in image_axes[:: len(PANEL_COLUMNS)]] == ["axial k=7", "coronal j=9", "sagittal i=11"]
+    rows = [ax.get_ylabel() for ax in image_axes[:: len(PANEL_COLUMNS)]]
+    assert rows == ["axial k=7", "coronal j=9", "sagittal i=11"]  # the centre of the fixed label
     assert fig._suptitle.get_text() == "a pair"
     # fixed, moving and warped carry a contour layer over the image; the log|J| column a fold layer where it cuts
     # the slab (axial and coronal planes contain axis 0, the sagittal plane i=11 lies inside the slab)
