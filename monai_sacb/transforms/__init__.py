@@ -5,6 +5,19 @@ from __future__ import annotations
 
 from .check import CheckInputsd, CheckLabelGridd, CheckPaird
 from .deformation import RandSmoothDeformd, RandSyntheticPaird, random_smooth_ddf, random_smooth_field
+from .displacement import (
+    DDFToVoxelsd,
+    DDFToWorldd,
+    SaveITKDisplacementd,
+    apply_itk_displacement,
+    ddf_voxels_to_world,
+    ddf_world_to_voxels,
+    invert_ddf,
+    invert_itk_displacement,
+    load_itk_displacement,
+    ras_to_lps_vectors,
+    save_itk_displacement,
+)
 from .io import LoadPaird, PairNamed, pair_name, pair_name_formatter
 from .labels import (
     IXI_FREESURFER_LABELS,
