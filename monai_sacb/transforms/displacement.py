@@ -231,10 +231,12 @@ def _itk_displacement_field(field: Any) -> Any:
     takes in the ITK Python wheels (which do not wrap images of ``itk.Vector[itk.D, d]``)."""
     image = _read_image(field)
     dim = image.GetImageDimension()
-    if image.GetNumberOfComponentsPerPixel() != dim:
+    if image.GetNumberOfComponentsPerPixel() != dim or dim not in (2, 3):
         raise ValueError(
-            f"a displacement field has {dim} components per voxel in {dim}D, got "
-            f"{image.GetNumberOfComponentsPerPixel()}: is {field!r} a displacement field (vector image)?"
+            f"{field!r} is not an ITK displacement field: ITK reads a {dim}D image with "
+            f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel, where a field is a 2D or 3D vector image "
+            "with one component per dimension (e.g. the bundle's _itk_displacement.nii.gz or an ANTs Warp.nii.gz; "
+            "the MONAI _ddf.nii.gz, in voxels, is not one)."
         )
     array = np.ascontiguousarray(itk.array_view_from_image(image), dtype=np.float64)
     out = itk.image_from_array(array, is_vector=True)  # itk.VectorImage[itk.D, dim], which the transform takes

@@ -310,6 +310,9 @@ def test_apply_itk_displacement_identity_and_one_voxel_shift(tmp_path):
     assert _itk_array(apply_itk_displacement(image, zero, reference=reference)).shape == (4, 7, 6)
     with pytest.raises(FileNotFoundError, match="missing"):
         apply_itk_displacement(tmp_path / "missing.nii.gz", zero)
+    monai_ddf = _write(np.zeros((8, 7, 6, 3), np.float32), affine, tmp_path / "ddf.nii.gz")  # voxels: not ITK's
+    with pytest.raises(ValueError, match="not an ITK displacement field"):
+        apply_itk_displacement(image, monai_ddf)
 
 
 # ---------------------------------------------------------------------------------------------- the inverse
