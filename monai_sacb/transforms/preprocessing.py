@@ -29,7 +29,7 @@ from monai_sacb.transforms.io import LoadPaird
 
 __all__ = ["pair_preprocessing", "IntensityNormalized", "INTENSITY_OPTIONS"]
 
-INTENSITY_OPTIONS = ("percentile", "minmax", "zscore")
+INTENSITY_OPTIONS = ("percentile", "minmax", "zscore", "none")
 
 
 class IntensityNormalized(MapTransform):
@@ -42,7 +42,8 @@ class IntensityNormalized(MapTransform):
     - ``"minmax"``: [0, 1] (``ScaleIntensityd``);
     - ``"zscore"``: zero mean, unit variance (``NormalizeIntensityd``);
     - ``(a_min, a_max)``: a window mapped to [0, 1] with clipping (``ScaleIntensityRanged``), e.g. CT;
-    - ``None``: unchanged.
+    - ``"none"`` or ``None``: unchanged (images already scaled; ``"none"`` because ``monai.bundle run`` drops
+      command-line overrides whose value is None).
 
     Args:
         keys: the image keys (never label maps).
@@ -74,6 +75,8 @@ class IntensityNormalized(MapTransform):
                 return ScaleIntensityd(keys, minv=0.0, maxv=1.0, allow_missing_keys=missing)
             if name == "zscore":
                 return NormalizeIntensityd(keys, allow_missing_keys=missing)
+            if name == "none":
+                return None
         elif len(method) == 2:
             a_min, a_max = (float(v) for v in method)
             return ScaleIntensityRanged(keys, a_min, a_max, b_min=0.0, b_max=1.0, clip=True, allow_missing_keys=missing)

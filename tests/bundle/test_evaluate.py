@@ -83,7 +83,7 @@ def evaluation(tmp_path_factory, tiny_cache, bundle_configs):
     captured: list[dict] = []
     evaluator = _evaluate(
         bundle_configs, out, captured, data_format="default", dataset_dir=str(tiny_cache),
-        spacing=bundle_configs.tiny_spacing, num_panels=1,
+        spacing=bundle_configs.tiny_spacing, num_panels=1, save_fields=True,
     )  # fmt: skip
     spacing = bundle_configs.tiny_spacing
     pairs = bundle_datalist("default", tiny_cache, "validation", num_pairs=NUM_PAIRS, spacing=spacing)
@@ -113,7 +113,7 @@ def test_every_file_is_written(evaluation):
     first = evaluation["pairs"][0]
     name = f"{_stem(first['moving_image'])}_to_{_stem(first['fixed_image'])}"
     assert sorted(p.name for p in out.iterdir()) == [
-        "figures", "metrics_per_label.csv", "metrics_per_pair.csv", "report.md", "summary.json"
+        "fields", "figures", "metrics_per_label.csv", "metrics_per_pair.csv", "report.md", "summary.json"
     ]  # fmt: skip
     # num_panels=1: the panel of the first pair, and the box plot of the data set
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted([f"{name}.png", "dice_per_structure.png"])
@@ -165,6 +165,22 @@ def test_csv_numbers_are_the_metrics_of_the_evaluated_fields(evaluation, bundle_
     # the evaluator's own key metric (LabelDice on the same warped labels) agrees with the report
     mean_dice = np.mean([float(r["dice"]) for r in evaluation["per_pair"]])
     assert evaluation["evaluator"].state.metrics["mean_dice"] == pytest.approx(mean_dice, rel=1e-5)
+
+
+def test_saved_fields_are_the_evaluated_fields_on_the_fixed_grid(evaluation):
+    """save_fields: the MONAI ddf (voxels of the fixed file's grid) and the ITK field of every pair in fields/."""
+    fields = evaluation["out"] / "fields"
+    for pair, captured in zip(evaluation["pairs"], evaluation["captured"]):
+        stem = f"{_stem(pair['moving_image'])}_to_{_stem(pair['fixed_image'])}"
+        fixed = nib.load(pair["fixed_image"])
+        ddf = nib.load(fields / f"{stem}_ddf.nii.gz")
+        itk_field = nib.load(fields / f"{stem}_itk_displacement.nii.gz")
+        for image in (ddf, itk_field):
+            np.testing.assert_allclose(image.affine, fixed.affine, atol=1e-4)
+            assert image.shape[:3] == fixed.shape
+        # the tiny data are RAS and already on the network grid: the saved ddf is the evaluated one
+        saved = np.moveaxis(np.asarray(ddf.dataobj).reshape(*fixed.shape, 3), -1, 0)
+        np.testing.assert_allclose(saved, captured["ddf"].numpy(), atol=1e-4)
 
 
 def test_labels_are_named_after_the_data(evaluation, tiny_cache, bundle_configs):

@@ -35,7 +35,7 @@ def test_inference_defaults_write_pairs_in_fixed_geometry(
         **{"network_def#kmeans_iters": 3},
     )
     pairs = bundle_datalist("default", tiny_cache, "validation", num_pairs=2, spacing=spacing)
-    assert len(_outputs(out)) == 3 * len(pairs)
+    assert len(_outputs(out)) == 4 * len(pairs)  # warped image and label, MONAI ddf, ITK displacement field
     for pair in pairs:
         fixed = nib.load(pair["fixed_image"])
         stem = f"{_stem(pair['moving_image'])}_to_{_stem(pair['fixed_image'])}"
@@ -81,7 +81,12 @@ def test_inference_one_pair_from_command_line(trained_root, tmp_path, bundle_con
         output_dir=str(out),
         **{"network_def#kmeans_iters": 3},
     )
-    assert _outputs(out) == ["mov_to_fix_ddf.nii.gz", "mov_to_fix_warped.nii.gz", "mov_to_fix_warped_label.nii.gz"]
+    assert _outputs(out) == [
+        "mov_to_fix_ddf.nii.gz",
+        "mov_to_fix_itk_displacement.nii.gz",
+        "mov_to_fix_warped.nii.gz",
+        "mov_to_fix_warped_label.nii.gz",
+    ]
     for name in _outputs(out):
         image = nib.load(out / name)
         np.testing.assert_allclose(image.affine, affine, atol=1e-4)
@@ -216,7 +221,7 @@ def test_one_inference_pass_warps_the_image_once_and_the_label_once(
     # the saved label is the moving label warped by the saved ddf with nearest sampling (border padding): the
     # constant one-voxel shift along the first axis, the last slice repeated
     stem = "pair_000_moving_image_to_pair_000_fixed_image"
-    assert _outputs(out) == [f"{stem}_{name}.nii.gz" for name in ("ddf", "warped", "warped_label")]
+    assert _outputs(out) == [f"{stem}_{name}.nii.gz" for name in ("ddf", "itk_displacement", "warped", "warped_label")]
     ddf = np.asarray(nib.load(out / f"{stem}_ddf.nii.gz").dataobj).reshape(32, 32, 32, 3)
     np.testing.assert_allclose(ddf, np.broadcast_to([1.0, 0.0, 0.0], ddf.shape), atol=1e-6)
     moving_label = np.asarray(nib.load(pair["moving_label"]).dataobj)

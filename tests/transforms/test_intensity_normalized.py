@@ -32,6 +32,7 @@ def test_percentile_maps_the_robust_range_to_unit_interval_and_leaves_labels():
         ("zscore", lambda y: abs(float(y.mean())) < 1e-5 and abs(float(y.std(unbiased=False)) - 1) < 1e-4),
         ((0, 100), lambda y: float(y.min()) == 0.0 and float(y.max()) == 1.0),
         (None, lambda y: torch.equal(y, _data()["moving_image"])),
+        ("none", lambda y: torch.equal(y, _data()["moving_image"])),
     ],
 )
 def test_each_method(method, check):
@@ -46,5 +47,5 @@ def test_window_is_linear_inside():
 
 
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown intensity 'robust'.*'percentile', 'minmax', 'zscore'"):
+    with pytest.raises(ValueError, match="unknown intensity 'robust'.*'percentile', 'minmax', 'zscore', 'none'"):
         IntensityNormalized("moving_image", "robust")
