@@ -15,6 +15,7 @@ from .bundle_datalists import (
     bundle_label_names,
     check_data_format,
     check_pipeline,
+    describe_data,
     generated_spacing,
     inference_datalist,
 )

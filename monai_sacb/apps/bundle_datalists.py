@@ -36,6 +36,7 @@ __all__ = [
     "bundle_label_names",
     "check_data_format",
     "check_pipeline",
+    "describe_data",
     "generated_spacing",
     "inference_datalist",
 ]
@@ -52,6 +53,12 @@ _PIPELINE_DATA = {
 _PIPELINE_CONFIGS = {"default": "bundle/configs/data_default.json", "files": "bundle/configs/data_files.json"}
 # validation pairs of the generated datasets when num_pairs is not given
 _GENERATED_PAIRS = {"synth": 16, "default": 8}
+_DATA_NOTES = {
+    "synth": "held out from training, the FSL MNI152 T1 with its Desikan-Killiany parcellation (94 structures), the "
+    "two sides of each pair deformed independently (monai_sacb.apps.prepare_synth_dataset)",
+    "default": "random smooth deformations of the ICBM 2009c template with 29 merged AAL regions "
+    "(monai_sacb.apps.prepare_default_dataset)",
+}
 _LABEL_HINTS = {
     "folder": "put the label maps in a labels/ folder next to the images (same file names)",
     "json": "give 'moving_label' and 'fixed_label' in every entry of the JSON datalist",
@@ -265,3 +272,17 @@ def inference_datalist(
         if "test" not in sections and "validation" in sections:
             section = "validation"
     return bundle_datalist(fmt, dataset_dir, section, num_pairs=num_pairs, **kwargs)
+
+
+def describe_data(
+    data_format: str, section: str, dataset_dir: str | os.PathLike | None, num_pairs: int
+) -> str:
+    """
+    One line saying what a report's pairs are: how many, which data format and section, from where, and for the
+    generated datasets what they hold, e.g. ``"16 pairs of data format 'synth', section 'test', from the default
+    cache: held out from training, ..."``.
+    """
+    fmt = check_data_format(data_format)
+    where = os.fspath(dataset_dir) if dataset_dir else "the default cache"
+    note = f": {_DATA_NOTES[fmt]}" if fmt in _DATA_NOTES else ""
+    return f"{int(num_pairs)} pairs of data format {fmt!r}, section {section!r}, from {where}{note}"

@@ -185,7 +185,9 @@ class RegistrationReport:
         spacing_key: key of a MetaTensor on the evaluation grid whose affine gives the voxel size.
         pair_name: ``pair_name(item) -> str`` naming a pair; default ``pair_<index>``.
         boxplot: also write ``figures/dice_per_structure.png``.
-        extra_lines: further lines under the description in ``report.md`` (e.g. the model and the machine).
+        extra_lines: further lines under the description in ``report.md``.
+        model_path: the weights evaluated, named in ``report.md`` with ``device`` and the number of CPU threads.
+        device: where the network ran.
     """
 
     def __init__(
@@ -205,6 +207,8 @@ class RegistrationReport:
         pair_name: Callable[[Mapping[str, Any]], str] | None = None,
         boxplot: bool = True,
         extra_lines: Sequence[str] = (),
+        model_path: str | os.PathLike | None = None,
+        device: Any = None,
     ) -> None:
         self.output_dir = os.fspath(output_dir)
         self.description = description
@@ -221,6 +225,10 @@ class RegistrationReport:
         self.pair_name = pair_name
         self.boxplot = boxplot
         self.extra_lines = list(extra_lines)
+        if model_path is not None:
+            where = f"; device: {device}" if device is not None else ""
+            threads = f", {torch.get_num_threads()} threads" if device is None or str(device).startswith("cpu") else ""
+            self.extra_lines.append(f"Model: {os.path.abspath(os.fspath(model_path))}{where}{threads}.")
         self.logger = logging.getLogger(__name__)
         self.reset()
 

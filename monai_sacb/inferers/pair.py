@@ -75,6 +75,19 @@ class PairInferer(Inferer):
         self.refine = refine
         self.symmetric = bool(symmetric)
 
+    def describe(self, name: str = "SACB-Net") -> str:
+        """
+        The method as a report names it, e.g. ``"SACB-Net, symmetric, instance optimisation [0, 50, 10] steps"``:
+        ``name``, then what this inferer adds (``refine``'s ``steps``, when it has them and any is non-zero).
+        """
+        parts = [name] + (["symmetric"] if self.symmetric else [])
+        steps = getattr(self.refine, "steps", None)
+        if steps is not None and any(int(n) for n in steps):
+            parts.append(f"instance optimisation {[int(n) for n in steps]} steps")
+        elif self.refine is not None and steps is None:
+            parts.append(f"refined by {type(self.refine).__name__}")
+        return ", ".join(parts)
+
     def __call__(  # type: ignore[override]
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
     ) -> dict[str, torch.Tensor]:

@@ -156,3 +156,15 @@ def test_inference_falls_back_to_validation_without_a_test_section(tmp_path):
         inference_datalist(data_format="json", dataset_dir=tmp_path / "train_only.json")
     with pytest.raises(ValueError, match="unknown data format 'nifti'"):
         inference_datalist(data_format="nifti", dataset_dir=tmp_path)
+
+
+def test_describe_data_says_what_the_pairs_are():
+    from monai_sacb.apps import describe_data
+
+    line = describe_data("SYNTH", "test", None, 16)
+    assert line.startswith("16 pairs of data format 'synth', section 'test', from the default cache: held out")
+    assert describe_data("lpba40", "validation", "/data/LPBA40", 3) == (
+        "3 pairs of data format 'lpba40', section 'validation', from /data/LPBA40"
+    )
+    with pytest.raises(ValueError, match="unknown data format"):
+        describe_data("nifti", "test", None, 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 
 import numpy as np
@@ -150,7 +151,7 @@ def test_the_report_writes_every_file_at_completed(label_pair, slab_fold, tmp_pa
     report = RegistrationReport(
         tmp_path / "out", description="3 test pairs", method="SACB-Net", label_names=str(names),
         pair_name=lambda item: item["moving_image"].meta["filename_or_obj"][6:-7],
-        extra_lines=["Model: m.pt"],
+        extra_lines=["Trained on 3 pairs."], model_path="m.pt", device="cpu",
     )  # fmt: skip
     engine = _engine(outputs, batches, sleep=0.02)
     report.attach(engine)
@@ -188,7 +189,9 @@ def test_the_report_writes_every_file_at_completed(label_pair, slab_fold, tmp_pa
 
     report_md = (out / "report.md").read_text()
     lines = report_md.splitlines()
-    assert "Data: 3 test pairs" in lines and "Model: m.pt" in lines
+    assert "Data: 3 test pairs" in lines and "Trained on 3 pairs." in lines
+    model_line = f"Model: {os.path.abspath('m.pt')}; device: cpu, {torch.get_num_threads()} threads."
+    assert model_line in lines
     start = next(i for i, line in enumerate(lines) if line.startswith("| Method"))
     table = lines[start : start + 4]
     assert table[0] == "| Method | Dice | HD95 (mm) | ASSD (mm) | % \\|J\\|<=0 | SDlogJ | s/pair |"

@@ -102,3 +102,14 @@ def test_symmetric_ddf_of_exact_inverses_is_the_forward_field():
 def test_odd_channel_count_is_refused():
     with pytest.raises(ValueError, match="even number of channels"):
         PairInferer()(torch.rand(1, 3, 8, 8, 8), _Constant())
+
+
+def test_describe_names_what_the_inferer_adds():
+    from monai_sacb.inferers import InstanceOptimization
+
+    assert PairInferer().describe() == "SACB-Net"
+    assert PairInferer(symmetric=True).describe("VoxelMorph") == "VoxelMorph, symmetric"
+    refined = PairInferer(symmetric=True, refine=InstanceOptimization(steps=[0, 50, 10]))
+    assert refined.describe() == "SACB-Net, symmetric, instance optimisation [0, 50, 10] steps"
+    assert PairInferer(refine=InstanceOptimization(steps=[0, 0, 0])).describe() == "SACB-Net"
+    assert PairInferer(refine=lambda m, f, d: d).describe() == "SACB-Net, refined by function"
