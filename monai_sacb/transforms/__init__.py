@@ -6,6 +6,7 @@ from __future__ import annotations
 from .check import CheckInputsd, CheckLabelGridd, CheckPaird
 from .deformation import RandSmoothDeformd, RandSyntheticPaird, random_smooth_ddf, random_smooth_field
 from .displacement import (
+    ApplyDisplacementd,
     DDFToVoxelsd,
     DDFToWorldd,
     SaveITKDisplacementd,

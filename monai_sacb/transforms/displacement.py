@@ -55,6 +55,7 @@ __all__ = [
     "DDFToWorldd",
     "DDFToVoxelsd",
     "SaveITKDisplacementd",
+    "ApplyDisplacementd",
 ]
 
 
@@ -515,4 +516,92 @@ class SaveITKDisplacementd(MapTransform):
                 )
             lps = MetaTensor(ras_to_lps_vectors(field.as_tensor()), meta=copy.deepcopy(field.meta))
             self.saver(lps)
+        return d
+
+
+class ApplyDisplacementd(MapTransform):
+    """
+    Resample images (e.g. the ORIGINAL moving label, as loaded) through a world displacement field with ITK, by
+    :py:func:`apply_itk_displacement`: the output at the field's grid point ``x`` is ``image(x + u(x))``, sampled
+    once from the image on its own grid (its own affine), and lies on the field's grid (after ``Invertd``, the fixed
+    image's original grid).
+
+    In ``bundle/configs/inference.json`` it gives the saved warped label: the label is never resampled onto the
+    network grid and back (three nearest-neighbour resamplings, each of which moves boundaries by up to a voxel),
+    so it is what ``monai-sacb apply FIELD moving_label --nearest --reference fixed``, ``antsApplyTransforms`` and
+    ``itk.ResampleImageFilter`` give with the saved ``_itk_displacement`` file. ITK rather than MONAI's
+    ``Resample`` does the sampling on purpose: the field is handed to ITK exactly as
+    :py:class:`SaveITKDisplacementd` writes it (LPS float32 vectors, the same geometry), and ITK's nearest-neighbour
+    rounding and inside-the-image test are the comparison tools' own, so the labels agree voxel for voxel instead
+    of "except at ties" (``grid_sample`` rounds halves and bounds the image differently).
+
+    Shapes: image (1, *S_image) MetaTensor with its voxel -> RAS affine; field (spatial_dims, *S) MetaTensor of RAS
+    mm displacements with its grid's affine (:py:class:`DDFToWorldd`'s output, after ``Invertd``), 2D or 3D.
+
+    Args:
+        keys: keys of the images to resample, e.g. ``"original_moving_label"`` (a copy made right after loading;
+            not ``"moving_label_..."``: ``Spacingd`` takes keys that start with ``"<key>_"`` for metadata dicts).
+        field_key: key of the world field, e.g. ``"ddf"``.
+        output_keys: where to write the results, one per key; None overwrites ``keys``.
+        mode: ``"nearest"`` (label maps: the values are kept exactly) or ``"bilinear"`` (linear).
+        default_value: the value where ``x + u(x)`` falls outside the image (ITK's default pixel value).
+        allow_missing_keys: don't raise if a key is missing (e.g. a pair without a label map).
+
+    Returns, under ``output_keys``: (1, *S) MetaTensors in the image's dtype (float32 for linear sampling of an
+    integer image), with the field's metadata (affine,
+    the fixed image's after ``Invertd``), so that ``PairNamed`` and ``SaveImaged`` name and place them like the
+    field.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        field_key: str = "ddf",
+        output_keys: KeysCollection | None = None,
+        mode: str = "nearest",
+        default_value: float = 0.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.field_key = field_key
+        self.output_keys = ensure_tuple(output_keys) if output_keys is not None else self.keys
+        if len(self.output_keys) != len(self.keys):
+            raise ValueError(f"output_keys {self.output_keys} must have one entry per key {self.keys}.")
+        if mode not in ("nearest", "bilinear"):
+            raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}.")
+        self.mode = mode
+        self.default_value = default_value
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key, out_key in self.key_iterator(d, self.output_keys):
+            image, field = d[key], d.get(self.field_key)
+            if not isinstance(field, MetaTensor) or field.ndim != field.shape[0] + 1 or field.shape[0] not in (2, 3):
+                raise ValueError(
+                    f"{self.field_key} must be a (spatial_dims, *S) MetaTensor of RAS mm displacements with its grid's "
+                    f"affine, got {type(field).__name__} of shape {tuple(getattr(field, 'shape', ()))}."
+                )
+            spatial_dims = field.shape[0]
+            if not isinstance(image, MetaTensor) or image.ndim != spatial_dims + 1 or image.shape[0] != 1:
+                raise ValueError(
+                    f"{key} must be a (1, *S) MetaTensor with its affine (one channel, {spatial_dims}D), got "
+                    f"{type(image).__name__} of shape {tuple(getattr(image, 'shape', ()))}."
+                )
+            values = _plain(image).detach().cpu()
+            moving = ITKWriter.create_backend_obj(
+                values[0].numpy(),
+                channel_dim=None,
+                affine=_plain(image.affine).detach().cpu().numpy()[: spatial_dims + 1, : spatial_dims + 1],
+                dtype=np.float64,  # exact for integer labels; apply_itk_displacement resamples in float64 anyway
+                affine_lps_to_ras=True,
+            )
+            # the field as SaveITKDisplacementd writes it: LPS float32 vectors on the field's grid
+            disp = _field_itk_image(_plain(ras_to_lps_vectors(field.float())), field.affine)
+            out = apply_itk_displacement(
+                moving, disp, nearest=self.mode == "nearest", default_value=self.default_value
+            )
+            array = np.transpose(itk.array_from_image(out), tuple(range(spatial_dims - 1, -1, -1)))  # ITK: z, y, x
+            dtype = values.dtype if self.mode == "nearest" or values.is_floating_point() else torch.float32
+            result = torch.as_tensor(np.ascontiguousarray(array)).to(dtype)[None]
+            d[out_key] = _with_meta(result, field, field)
         return d
