@@ -145,16 +145,20 @@ class _ConstantShift(torch.nn.Module):
         return self.shift.view(1, 3, 1, 1, 1).expand(pair.shape[0], 3, *pair.shape[2:]).clone()
 
 
-# where inference.json's components look up the warp (the inferer warps the image, Warpd the label)
+# where inference.json's components could look up the warp (the inferer warps the image; Warpd, which no longer
+# touches the label, must not warp anything) and where ApplyDisplacementd looks up ITK's resampler (the label)
 WARP_SITES = ("monai_sacb.inferers.pair", "monai_sacb.transforms.spatial")
+RESAMPLE_SITE = "monai_sacb.transforms.displacement"
 
 
 def test_one_inference_pass_warps_the_image_once_and_the_label_once(
     tiny_cache, tmp_path, bundle_configs, monkeypatch
 ):
-    """Issue #8 acceptance: inference.json warps the moving image once (the inferer) and the label once (Warpd in
-    the postprocessing); the network only predicts the ddf, symmetric inference and instance optimisation are off.
-    Every warp and every grid_sample of the inference iteration (inferer and postprocessing) is counted."""
+    """Issue #8 acceptance: inference.json warps the moving image once (the inferer) and resamples the label once
+    (the original moving label, by ITK through the saved field: ApplyDisplacementd in the postprocessing, issue
+    #10); the network only predicts the ddf, symmetric inference and instance optimisation are off. Every warp,
+    every grid_sample and every ITK resampling of the inference iteration (inferer and postprocessing) is
+    counted."""
     from ignite.engine import Events
 
     from monai.bundle import ConfigWorkflow
@@ -204,6 +208,16 @@ def test_one_inference_pass_warps_the_image_once_and_the_label_once(
             return _warp(image, ddf, *args, **kwargs)
 
         monkeypatch.setattr(module, "warp_with_ddf", counted_warp)
+    resample_module = sys.modules[RESAMPLE_SITE]
+    apply = resample_module.apply_itk_displacement
+
+    def counted_apply(image, field, *args, **kwargs):
+        if counting["on"]:
+            nearest = kwargs.get("nearest", args[1] if len(args) > 1 else False)
+            warps.append((RESAMPLE_SITE, "nearest" if nearest else "linear"))
+        return apply(image, field, *args, **kwargs)
+
+    monkeypatch.setattr(resample_module, "apply_itk_displacement", counted_apply)
     # the preprocessing (data loading) runs before ITERATION_STARTED; the inferer and postprocessing inside
     evaluator.add_event_handler(Events.ITERATION_STARTED, lambda _: counting.update(on=True))
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda _: counting.update(on=False))
@@ -215,15 +229,15 @@ def test_one_inference_pass_warps_the_image_once_and_the_label_once(
             workflow.finalize()
 
     assert evaluator.state.iteration == 1
-    assert sorted(warps) == [("monai_sacb.inferers.pair", "bilinear"), ("monai_sacb.transforms.spatial", "nearest")]
-    assert sorted(samples) == [("bilinear", 1), ("nearest", 1)]  # nothing else resamples with grid_sample
+    assert sorted(warps) == [("monai_sacb.inferers.pair", "bilinear"), (RESAMPLE_SITE, "nearest")]
+    assert sorted(samples) == [("bilinear", 1)]  # nothing else resamples with grid_sample
 
-    # the saved label is the moving label warped by the saved ddf with nearest sampling (border padding): the
-    # constant one-voxel shift along the first axis, the last slice repeated
+    # the saved label is the moving label sampled by nearest neighbour at x + u(x) of the saved field, 0 outside
+    # (ITK's default value): the constant one-voxel shift along the first axis, the last slice 0
     stem = "pair_000_moving_image_to_pair_000_fixed_image"
     assert _outputs(out) == [f"{stem}_{name}.nii.gz" for name in ("ddf", "itk_displacement", "warped", "warped_label")]
     ddf = np.asarray(nib.load(out / f"{stem}_ddf.nii.gz").dataobj).reshape(32, 32, 32, 3)
     np.testing.assert_allclose(ddf, np.broadcast_to([1.0, 0.0, 0.0], ddf.shape), atol=1e-6)
     moving_label = np.asarray(nib.load(pair["moving_label"]).dataobj)
-    expected = np.concatenate([moving_label[1:], moving_label[-1:]], axis=0)
+    expected = np.concatenate([moving_label[1:], np.zeros_like(moving_label[-1:])], axis=0)
     np.testing.assert_array_equal(np.asarray(nib.load(out / f"{stem}_warped_label.nii.gz").dataobj), expected)
