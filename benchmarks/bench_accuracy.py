@@ -65,7 +65,7 @@ def _load_pairs(args) -> list[dict[str, torch.Tensor]]:
 def _network(kind: str, path: str) -> torch.nn.Module:
     from monai.networks.nets import VoxelMorph
 
-    from monai_sacb.engines import check_checkpoint_compatible, network_state_dict
+    from monai_sacb.handlers import check_checkpoint_compatible, network_state_dict
     from monai_sacb.networks import PairDDFWrapper, SACBNetBackbone
 
     net = SACBNetBackbone() if kind == "sacbnet" else PairDDFWrapper(VoxelMorph())
@@ -77,13 +77,13 @@ def _network(kind: str, path: str) -> torch.nn.Module:
 
 def _network_method(net: torch.nn.Module, symmetric: bool = False, refine: Callable | None = None) -> Callable:
     """Registration by the bundle's inferer: the network, optionally both ways averaged, optionally refined."""
-    from monai_sacb.engines import PairInferer
+    from monai_sacb.inferers import PairInferer
 
     inferer = PairInferer(symmetric=symmetric, refine=refine)
 
     def register(moving: torch.Tensor, fixed: torch.Tensor) -> dict:
         with torch.no_grad():
-            _, ddf = inferer(torch.cat([moving, fixed], dim=1), net)
+            ddf = inferer(torch.cat([moving, fixed], dim=1), net)["ddf"]
         return {"ddf": ddf}
 
     return register
