@@ -20,8 +20,8 @@ ALLOWED = {
     "apps": {"data", "transforms"},
     "inferers": {"networks", "losses"},
     "engines": set(),
-    "visualize": {"metrics"},
-    "handlers": {"metrics", "visualize"},
+    "visualize": {"metrics", "data"},
+    "handlers": {"metrics", "visualize", "data"},
     # the command line sits on top, beside the bundle configs: it may import every subpackage
     "cli": {
         "networks", "losses", "metrics", "data", "transforms", "apps", "inferers", "engines", "visualize", "handlers"

@@ -16,6 +16,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from monai.data.utils import affine_to_spacing
 from monai.engines.utils import IterationEvents
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from monai_sacb.data.utils import atomic_write
 from monai_sacb.metrics import (
     compute_label_dice,
     compute_label_hausdorff_distance,
@@ -422,20 +424,20 @@ class RegistrationReport:
         ]
         return "\n".join(lines)
 
-    def _write_csv(self, path: str, rows: list[dict[str, Any]], fields: Sequence[str]) -> None:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(fields))
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: _cell(row.get(k, "")) for k in fields})
-        os.replace(tmp, path)
+    @staticmethod
+    def _write_csv(path: str, rows: list[dict[str, Any]], fields: Sequence[str]) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(fields))
+                writer.writeheader()
+                for row in rows:
+                    writer.writerow({k: _cell(row.get(k, "")) for k in fields})
 
-    def _write_text(self, path: str, text: str) -> None:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic_write(Path(path), write)
+
+    @staticmethod
+    def _write_text(path: str, text: str) -> None:
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
     def write(self, engine: Engine | None = None) -> dict[str, str]:
         """

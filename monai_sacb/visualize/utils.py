@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from monai.utils import convert_to_numpy
+
+from monai_sacb.data.utils import atomic_write
 
 __all__ = ["new_figure", "save_figure", "figure_to_array", "as_volume", "label_boundaries", "checkerboard"]
 
@@ -48,15 +51,12 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int | None = None, colou
     from PIL import Image
 
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if dpi is not None and dpi != fig.dpi:
         fig.set_dpi(dpi)
     image = Image.fromarray(figure_to_array(fig))
     if colours:
         image = image.quantize(colors=int(colours), method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    image.save(tmp, format="png", optimize=True)
-    os.replace(tmp, path)
+    atomic_write(Path(path), lambda tmp: image.save(tmp, format="png", optimize=True))
     return path
 
 
