@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -37,11 +37,16 @@ class PreparePairBatch(PrepareBatch):
         target_key: key of the targets, stored by the engines as ``engine.state.output["label"]``: the fixed
             image for training (the loss compares it with the warped image), the fixed label map for validation
             (``from_engine(["warped_label", "label"])``). The targets are None when the batch has no such key
-            (a pair without label maps).
+            (a pair without label maps). A sequence of keys makes the targets a dictionary of those present, e.g.
+            ``["fixed_image", "moving_label", "fixed_label"]`` for a loss with a label term
+            (:py:class:`monai_sacb.losses.RegistrationLoss` with ``label_weight > 0``).
     """
 
     def __init__(
-        self, moving_key: str = "moving_image", fixed_key: str = "fixed_image", target_key: str | None = "fixed_image"
+        self,
+        moving_key: str = "moving_image",
+        fixed_key: str = "fixed_image",
+        target_key: str | Sequence[str] | None = "fixed_image",
     ) -> None:
         self.moving_key = moving_key
         self.fixed_key = fixed_key
@@ -53,7 +58,7 @@ class PreparePairBatch(PrepareBatch):
         device: str | torch.device | None = None,
         non_blocking: bool = False,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor] | None]:
         missing = [k for k in (self.moving_key, self.fixed_key) if k not in batchdata]
         if missing:
             raise KeyError(
@@ -62,7 +67,12 @@ class PreparePairBatch(PrepareBatch):
             )
         moving = _plain(batchdata[self.moving_key], device, non_blocking, **kwargs)
         fixed = _plain(batchdata[self.fixed_key], device, non_blocking, **kwargs)
-        targets = batchdata.get(self.target_key) if self.target_key is not None else None
-        if targets is not None:
-            targets = _plain(targets, device, non_blocking, **kwargs)
+        if self.target_key is None or isinstance(self.target_key, str):
+            targets = batchdata.get(self.target_key) if self.target_key is not None else None
+            if targets is not None:
+                targets = _plain(targets, device, non_blocking, **kwargs)
+        else:
+            targets = {
+                key: _plain(batchdata[key], device, non_blocking, **kwargs) for key in self.target_key if key in batchdata
+            }
         return torch.cat([moving, fixed], dim=1), targets

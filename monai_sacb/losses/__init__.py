@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .diffusion import ForwardDiffusionLoss
+from .label_overlap import WarpedLabelDiceLoss
 from .lncc import LNCC_VARIANTS, FastLNCCLoss, FastLocalNormalizedCrossCorrelationLoss, local_box_sum
 from .registration import PAPER_REG_WEIGHTS, REGULARIZATION_NAMES, SIMILARITY_NAMES, RegistrationLoss
 
@@ -14,6 +15,7 @@ __all__ = [
     "LNCC_VARIANTS",
     "local_box_sum",
     "RegistrationLoss",
+    "WarpedLabelDiceLoss",
     "PAPER_REG_WEIGHTS",
     "REGULARIZATION_NAMES",
     "SIMILARITY_NAMES",

@@ -17,6 +17,7 @@ from monai.losses import (
 )
 
 from monai_sacb.losses.diffusion import ForwardDiffusionLoss
+from monai_sacb.losses.label_overlap import WarpedLabelDiceLoss
 from monai_sacb.losses.lncc import FastLocalNormalizedCrossCorrelationLoss
 
 __all__ = ["RegistrationLoss", "SIMILARITY_NAMES", "REGULARIZATION_NAMES", "PAPER_REG_WEIGHTS"]
@@ -60,9 +61,11 @@ def _build_regularization(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
 
 class RegistrationLoss(nn.Module):
     """
-    The unsupervised registration objective of SACB-Net::
+    The unsupervised registration objective of SACB-Net, optionally with a label-overlap term::
 
-        loss = similarity(warped, fixed) + reg_weight * regularization(ddf)
+        loss = similarity_weight * similarity(warped, fixed)
+               + label_weight * label_dice(moving_label warped by ddf, fixed_label)
+               + reg_weight * regularization(ddf)
 
     With the defaults this is the paper's loss: negated squared local normalised cross-correlation in a
     9x9x9 window (:py:class:`monai_sacb.losses.FastLocalNormalizedCrossCorrelationLoss`, the values of MONAI's
@@ -89,13 +92,22 @@ class RegistrationLoss(nn.Module):
         similarity_kwargs: extra arguments for the similarity loss, e.g. ``{"kernel_size": 7}`` for the LNCC
             losses or ``{"num_bins": 32}`` for MI; they override the defaults above.
         regularization_kwargs: extra arguments for the regulariser, e.g. ``{"normalize": True}`` for bending.
+        similarity_weight: weight of the image similarity (>= 0); 0 skips it (a label-only loss, as SynthMorph's).
+            Defaults to 1.0.
+        label_weight: weight of the label term (>= 0), the soft Dice of the warped moving label map against the
+            fixed one (:py:class:`monai_sacb.losses.WarpedLabelDiceLoss`, minimum 0); it needs both label maps (see
+            ``forward``). Defaults to 0.0 (unsupervised, the paper's loss).
+        label_kwargs: extra arguments for :py:class:`~monai_sacb.losses.WarpedLabelDiceLoss`, e.g.
+            ``{"max_labels": 16}``.
 
-    After each call, ``last_terms`` holds the detached parts ``{"similarity", "regularization", "loss"}``
-    (0-dim tensors) so that a trainer can log them.
+    After each call, ``last_terms`` holds the detached parts ``{"similarity", "label", "regularization",
+    "loss"}`` (0-dim tensors; a term whose weight is 0 is not computed and not listed) so that a trainer can log them.
 
     Use with ``monai.engines.SupervisedTrainer``: the trainer calls ``loss_function(pred, targets)``; when the
     network returns ``(warped, ddf)`` and ``targets`` is the fixed image, pass the tuple as the first argument
-    and leave ``ddf`` out: ``loss((warped, ddf), fixed)`` equals ``loss(warped, fixed, ddf)``.
+    and leave ``ddf`` out: ``loss((warped, ddf), fixed)`` equals ``loss(warped, fixed, ddf)``. With a label term,
+    ``targets`` is the dictionary ``{"fixed_image", "moving_label", "fixed_label"}`` that
+    ``PreparePairBatch(target_key=["fixed_image", "moving_label", "fixed_label"])`` makes.
     """
 
     def __init__(
@@ -106,31 +118,46 @@ class RegistrationLoss(nn.Module):
         spatial_dims: int = 3,
         similarity_kwargs: Mapping[str, Any] | None = None,
         regularization_kwargs: Mapping[str, Any] | None = None,
+        similarity_weight: float = 1.0,
+        label_weight: float = 0.0,
+        label_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if reg_weight < 0:
-            raise ValueError(f"reg_weight must be >= 0, got {reg_weight}.")
+        for name, weight in (("reg_weight", reg_weight), ("similarity_weight", similarity_weight)):
+            if weight < 0:
+                raise ValueError(f"{name} must be >= 0, got {weight}.")
+        if label_weight < 0:
+            raise ValueError(f"label_weight must be >= 0, got {label_weight}.")
+        if similarity_weight == 0 and label_weight == 0:
+            raise ValueError("similarity_weight and label_weight are both 0: nothing would pull the images together.")
         self.similarity_name = str(similarity).lower()
         self.regularization_name = str(regularization).lower()
         self.similarity = _build_similarity(self.similarity_name, spatial_dims, similarity_kwargs or {})
         self.regularization = _build_regularization(self.regularization_name, regularization_kwargs or {})
+        self.label_loss = WarpedLabelDiceLoss(**(label_kwargs or {}))
         self.reg_weight = float(reg_weight)
+        self.similarity_weight = float(similarity_weight)
+        self.label_weight = float(label_weight)
         self.spatial_dims = spatial_dims
         self.last_terms: dict[str, torch.Tensor] = {}
 
     def forward(
         self,
         warped: torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
-        fixed: torch.Tensor,
+        fixed: torch.Tensor | Mapping[str, torch.Tensor],
         ddf: torch.Tensor | None = None,
+        moving_label: torch.Tensor | None = None,
+        fixed_label: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
             warped: the moving image warped by ``ddf``, shape (B, C, *spatial); or, when ``ddf`` is None, a
                 ``(warped, ddf)`` pair (the output of ``SACBNet``) or a ``{"warped_image", "ddf"}`` dictionary
                 (the output of :py:class:`monai_sacb.inferers.PairInferer`).
-            fixed: the fixed image, shape (B, C, *spatial).
+            fixed: the fixed image, shape (B, C, *spatial); or a dictionary with ``"fixed_image"`` and, for the
+                label term, ``"moving_label"`` and ``"fixed_label"`` (the targets of a training engine).
             ddf: displacement field in voxels, shape (B, spatial_dims, *spatial).
+            moving_label, fixed_label: (B, 1, *spatial) label maps, needed when ``label_weight > 0``.
 
         Returns:
             the scalar loss (0-dim tensor).
@@ -150,8 +177,32 @@ class RegistrationLoss(nn.Module):
                 f"expecting a ddf of shape (B, {self.spatial_dims}, *spatial), got {tuple(ddf.shape)}; "
                 "check spatial_dims and that the network returns (warped, ddf) in this order."
             )
-        sim = self.similarity(warped, fixed)
+        if isinstance(fixed, Mapping):
+            targets = fixed
+            fixed = targets.get("fixed_image")
+            moving_label = targets.get("moving_label", moving_label)
+            fixed_label = targets.get("fixed_label", fixed_label)
+        terms: dict[str, torch.Tensor] = {}
+        loss = ddf.new_zeros(())
+        if self.similarity_weight > 0:
+            if fixed is None:
+                raise ValueError("the similarity term needs the fixed image: the targets have no 'fixed_image'.")
+            sim = self.similarity(warped, fixed)
+            loss = self.similarity_weight * sim
+            terms["similarity"] = sim.detach()
+        if self.label_weight > 0:
+            if moving_label is None or fixed_label is None:
+                raise ValueError(
+                    "label_weight > 0 needs the moving and fixed label maps: give the training pairs labels and "
+                    "use PreparePairBatch(target_key=['fixed_image', 'moving_label', 'fixed_label']) (the bundle "
+                    "does this when label_weight > 0), or set label_weight to 0."
+                )
+            dice = self.label_loss(moving_label, fixed_label, ddf)
+            loss = loss + self.label_weight * dice
+            terms["label"] = dice.detach()
         reg = self.regularization(ddf)
-        loss = sim + self.reg_weight * reg
-        self.last_terms = {"similarity": sim.detach(), "regularization": reg.detach(), "loss": loss.detach()}
+        loss = loss + self.reg_weight * reg
+        terms["regularization"] = reg.detach()
+        terms["loss"] = loss.detach()
+        self.last_terms = terms
         return loss

@@ -188,3 +188,14 @@ def test_main_job_data_trains_and_validates_on_held_out_anatomy(tmp_path, bundle
     assert 0.0 < metrics["val_identity_dice"] < 1.0
     assert (root / "runs" / "model.pt").is_file() and (root / "runs" / "checkpoint_epoch=1.pt").is_file()
     assert not (root / "models").exists()  # the shipped model's folder is never written by training
+
+
+def test_label_loss_trains_on_the_synthesised_label_maps(tmp_path, bundle_configs, tiny_overrides, run_bundle):
+    """--label_weight adds the soft Dice of the warped training label maps; --similarity_weight 0 leaves it alone."""
+    root = tmp_path / "bundle"
+    overrides = tiny_overrides(root, tmp_path / "cache", max_epochs=1, num_samples=2, ckpt_dir=str(root / "runs"))
+    workflow = run_bundle(bundle_configs.train, similarity_weight=0.0, label_weight=1.0, **overrides)
+    loss = workflow.parser.get_parsed_content("loss")
+    assert set(loss.last_terms) == {"label", "regularization", "loss"}
+    assert 0.0 < loss.last_terms["label"].item() < 1.0
+    assert (root / "runs" / "model.pt").is_file()

@@ -70,3 +70,15 @@ def test_supervised_trainer_runs_one_step_with_the_pair_inferer():
     assert set(trainer.state.output["pred"]) == {"warped_image", "ddf"}
     assert torch.isfinite(trainer.state.output["loss"])
     assert not torch.equal(network.weight, before)  # the loss reached the network through the warp
+
+
+def test_a_sequence_of_target_keys_gives_a_dictionary_of_those_present():
+    batch = _batch()
+    keys = ["fixed_image", "moving_label", "fixed_label"]
+    _, targets = PreparePairBatch(target_key=keys)(batch, device="cpu")
+    assert list(targets) == keys
+    assert all(type(value) is torch.Tensor for value in targets.values())
+    torch.testing.assert_close(targets["fixed_image"], batch["fixed_image"].as_tensor())
+    assert torch.equal(targets["moving_label"], batch["moving_label"])
+    _, without_labels = PreparePairBatch(target_key=keys)(_batch(labels=False))
+    assert list(without_labels) == ["fixed_image"]
