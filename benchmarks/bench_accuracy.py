@@ -9,7 +9,8 @@ by instance optimisation.
 Pairs: by default the held-out validation pairs of the label-synthesis dataset (FSL MNI152 T1 with the
 Desikan-Killiany parcellation, a template and a parcellation that training never saw, both sides deformed
 independently; 2 mm, 80x96x80); or any JSON list of ``{"moving_image", "fixed_image", "moving_label",
-"fixed_label"}`` pairs on one grid (``--pairs``), normalised like the bundle's inference (percentiles to [0, 1]).
+"fixed_label"}`` pairs on one grid (``--pairs``). Images are normalised like the bundle's inference (percentiles to
+[0, 1]). ``--pad_to 96,112,96`` pads every pair with background to that size (the issue's reference size for timings).
 
 For each method and pair: mean Dice over the fixed image's labels (nearest-neighbour label warp), mean HD95 over
 labels (mm), % of voxels with a non-positive Jacobian determinant, SD of the log Jacobian determinant, and wall
@@ -42,19 +43,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_pairs(args) -> list[dict[str, torch.Tensor]]:
+    from monai.transforms import SpatialPadd
+
     from monai_sacb.transforms import pair_preprocessing
 
     if args.pairs:
         items = json.loads(Path(args.pairs).read_text())
-        transform = pair_preprocessing(intensity="percentile")
     else:
         from monai_sacb.apps import prepare_synth_dataset
 
         items = prepare_synth_dataset(num_validation_pairs=args.num_pairs)["validation"]
-        transform = pair_preprocessing(intensity=None)
+    transform = pair_preprocessing(intensity="percentile")
+    keys = ["moving_image", "fixed_image", "moving_label", "fixed_label"]
+    pad = SpatialPadd(keys, [int(s) for s in args.pad_to.split(",")]) if args.pad_to else None
     pairs = []
     for item in items[: args.num_pairs]:
         out = transform(dict(item))
+        out = pad(out) if pad is not None else out
         pair = {k: out[k].as_tensor()[None] for k in ("moving_image", "fixed_image", "moving_label", "fixed_label")}
         pair["spacing"] = [float(s) for s in out["fixed_image"].pixdim[:3]]
         pair["name"] = Path(str(item["moving_image"])).name
@@ -161,6 +166,7 @@ def main() -> None:
     parser.add_argument("--pairs", default="", help="JSON list of pairs (default: the held-out synth pairs)")
     parser.add_argument("--num_pairs", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pad_to", default="", help="pad every pair with background to this size, e.g. 96,112,96")
     parser.add_argument("--no_hd95", action="store_true", help="skip HD95 (the slowest metric)")
     parser.add_argument("--json", default="", help="also write per-pair results to this JSON file")
     args = parser.parse_args()
@@ -202,8 +208,9 @@ def main() -> None:
             results[name].append(row)
             print(f"pair {index + 1}/{len(pairs)} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), file=sys.stderr)
 
-    print(f"\n{len(pairs)} pairs, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} threads\n")
+    size = "x".join(str(s) for s in pairs[0]["fixed_image"].shape[2:])
+    print(f"\n{len(pairs)} pairs of {size} voxels, {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__}, {args.threads} threads\n")
     columns = [("dice", "Dice"), ("hd95", "HD95 (mm)"), ("folding", "% |J|<=0"), ("sdlogj", "SDlogJ"),
                ("seconds", "s / pair"), ("self_max", "self-registration max |u| (voxels)")]
     print("| method | " + " | ".join(title for _, title in columns) + " |")

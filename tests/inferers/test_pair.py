@@ -99,6 +99,30 @@ def test_symmetric_ddf_of_exact_inverses_is_the_forward_field():
     torch.testing.assert_close(symmetric_ddf(forward, -forward), forward)
 
 
+def test_symmetric_ddf_of_equal_fields_is_zero():
+    """An image registered to itself: the network's bias is the same both ways and cancels exactly."""
+    torch.manual_seed(0)
+    bias = 2.0 * torch.randn(1, 3, 8, 8, 8)
+    # zero up to the rounding of the sampling coordinates (the old composition at p + u_mf left ~0.5 voxel here)
+    assert symmetric_ddf(bias, bias.clone()).abs().max() < 1e-5
+
+
+def test_symmetric_ddf_of_smooth_inverses_is_the_forward_field_to_second_order():
+    """A smooth invertible field and its numerical inverse: the average stays within a small fraction of a voxel
+    of the forward field, far closer than the field's own size."""
+    from monai_sacb.transforms import invert_ddf, random_velocity_ddf
+
+    import numpy as np
+
+    forward = random_velocity_ddf((24, 24, 24), ((8.0, 2.0),), rng=np.random.RandomState(0))[None]
+    backward = invert_ddf(forward[0])[None]
+    error = (symmetric_ddf(forward, backward) - forward).norm(dim=1)[:, 4:-4, 4:-4, 4:-4]
+    size = forward.norm(dim=1)[:, 4:-4, 4:-4, 4:-4]
+    first_order = (-backward - forward).norm(dim=1)[:, 4:-4, 4:-4, 4:-4]  # -u_fm taken as the inverse of u_fm
+    assert size.max() > 1.0
+    assert error.max() < 0.05 * size.max() and error.max() < 0.25 * first_order.max()
+
+
 def test_odd_channel_count_is_refused():
     with pytest.raises(ValueError, match="even number of channels"):
         PairInferer()(torch.rand(1, 3, 8, 8, 8), _Constant())
