@@ -15,26 +15,32 @@ from monai_sacb.networks.blocks.warp import warp_with_ddf
 __all__ = ["PairInferer", "symmetric_ddf"]
 
 
-def symmetric_ddf(forward_ddf: torch.Tensor, backward_ddf: torch.Tensor) -> torch.Tensor:
+def symmetric_ddf(forward_ddf: torch.Tensor, backward_ddf: torch.Tensor, iterations: int = 10) -> torch.Tensor:
     """
-    Average two fields that should be inverses of each other: ``(u_mf - u_fm(p + w(p))) / 2`` with the symmetric
-    estimate ``w = (u_mf - u_fm) / 2``.
+    Average two fields that should be inverses of each other: the solution ``d`` of
+    ``d(p) = (u_mf(p) - u_fm(p + d(p))) / 2``, found by fixed-point iteration from ``d = (u_mf - u_fm) / 2``.
 
     ``u_mf`` (``forward_ddf``) maps the fixed grid into the moving image and ``u_fm`` (``backward_ddf``) the
-    reverse; for exact inverses ``u_fm(p + u_mf(p)) = -u_mf(p)``. ``u_fm`` is read at ``p + w(p)`` rather than at
-    ``p + u_mf(p)``: for inverse fields ``-u_fm(p) = u_mf(p)`` up to a second-order term, so the two points differ
-    by a second-order term and so do the results (on the held-out benchmark pairs the mean Dice moved by 0.0005,
-    docs/accuracy.md), but ``w`` treats both fields alike: when the two fields are equal (an image registered to
-    itself, where any bias of the network is the same both ways) ``w = 0`` and the result is exactly 0.
+    reverse. For exact inverses, ``u_fm(p + u_mf(p)) = -u_mf(p)``, so ``d = u_mf`` solves the equation; when the
+    two fields are equal (an image registered to itself, where any bias of the network is the same both ways),
+    ``d = 0`` solves it and the iteration starts there, so the result is 0 up to rounding. The iteration converges
+    where ``u_fm`` changes by less than 2 voxels per voxel (smooth fields); on the held-out benchmark pairs 10 steps
+    and 20 give the same metrics (docs/accuracy.md). A single step from ``u_mf`` instead of the midpoint (0.3.0's
+    formula) leaves an image registered to itself moving by up to 0.76 voxel with the shipped model.
 
     Args:
         forward_ddf, backward_ddf: (B, spatial_dims, *S) displacements in voxels.
+        iterations: fixed-point steps (each one warp of the backward field), >= 1.
 
     Returns:
         (B, spatial_dims, *S) displacement in voxels, moving -> fixed like ``forward_ddf``.
     """
-    midpoint = 0.5 * (forward_ddf - backward_ddf)
-    return 0.5 * (forward_ddf - warp_with_ddf(backward_ddf, midpoint, padding_mode="border"))
+    if int(iterations) < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}.")
+    ddf = 0.5 * (forward_ddf - backward_ddf)
+    for _ in range(int(iterations)):
+        ddf = 0.5 * (forward_ddf - warp_with_ddf(backward_ddf, ddf, padding_mode="border"))
+    return ddf
 
 
 class PairInferer(Inferer):
