@@ -123,11 +123,10 @@ class RegistrationLoss(nn.Module):
         label_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        for name, weight in (("reg_weight", reg_weight), ("similarity_weight", similarity_weight)):
+        weights = {"reg_weight": reg_weight, "similarity_weight": similarity_weight, "label_weight": label_weight}
+        for name, weight in weights.items():
             if weight < 0:
                 raise ValueError(f"{name} must be >= 0, got {weight}.")
-        if label_weight < 0:
-            raise ValueError(f"label_weight must be >= 0, got {label_weight}.")
         if similarity_weight == 0 and label_weight == 0:
             raise ValueError("similarity_weight and label_weight are both 0: nothing would pull the images together.")
         self.similarity_name = str(similarity).lower()
