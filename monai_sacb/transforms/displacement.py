@@ -36,10 +36,11 @@ from monai.data import MetaTensor
 from monai.data.image_writer import ITKWriter
 from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, SaveImage
-from monai.utils import convert_to_dst_type, ensure_tuple, optional_import
+from monai.utils import convert_to_dst_type, optional_import
 
 from monai_sacb.data.utils import atomic_write
 from monai_sacb.networks.blocks.warp import warp_with_ddf
+from monai_sacb.transforms.utils import matching_output_keys
 
 itk, _ = optional_import("itk")
 
@@ -390,9 +391,7 @@ class _DDFAffined(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.ref_key = ref_key
-        self.output_keys = ensure_tuple(output_keys) if output_keys is not None else self.keys
-        if len(self.output_keys) != len(self.keys):
-            raise ValueError(f"output_keys {self.output_keys} must have one entry per key {self.keys}.")
+        self.output_keys = matching_output_keys(self.keys, output_keys)
 
     @staticmethod
     def _convert(field: torch.Tensor, affine: Any) -> torch.Tensor:
@@ -564,9 +563,7 @@ class ApplyDisplacementd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.field_key = field_key
-        self.output_keys = ensure_tuple(output_keys) if output_keys is not None else self.keys
-        if len(self.output_keys) != len(self.keys):
-            raise ValueError(f"output_keys {self.output_keys} must have one entry per key {self.keys}.")
+        self.output_keys = matching_output_keys(self.keys, output_keys)
         if mode not in ("nearest", "bilinear"):
             raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}.")
         self.mode = mode

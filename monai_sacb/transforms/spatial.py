@@ -12,9 +12,10 @@ from monai.config import KeysCollection, SequenceStr
 from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform
-from monai.utils import GridSampleMode, GridSamplePadMode, ensure_tuple, ensure_tuple_rep
+from monai.utils import GridSampleMode, GridSamplePadMode, ensure_tuple_rep
 
 from monai_sacb.networks.blocks.warp import warp_with_ddf
+from monai_sacb.transforms.utils import matching_output_keys
 
 __all__ = ["Warpd"]
 
@@ -64,9 +65,7 @@ class Warpd(MapTransform):
         self.mode = [GridSampleMode(m).value for m in ensure_tuple_rep(mode, len(self.keys))]
         self.padding_mode = [GridSamplePadMode(p).value for p in ensure_tuple_rep(padding_mode, len(self.keys))]
         self.ref_key = ref_key
-        self.output_keys = ensure_tuple(output_keys) if output_keys is not None else self.keys
-        if len(self.output_keys) != len(self.keys):
-            raise ValueError(f"output_keys {self.output_keys} must have one entry per key {self.keys}.")
+        self.output_keys = matching_output_keys(self.keys, output_keys)
 
     @staticmethod
     def _warp(image: torch.Tensor, ddf: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
