@@ -43,9 +43,11 @@ def warp_with_ddf(
 
     Args:
         image: (B, C, *S) tensor, 2 or 3 spatial dimensions, any memory format. A floating image is warped in
-            its own dtype (``ddf`` is cast to it); an integer or boolean image (e.g. a label map) is warped in the
-            ddf's floating dtype (float32 at least), rounded and returned in its own dtype, so that ``"nearest"``
-            keeps label values exactly.
+            its own dtype, or in float32 if it has less precision (float16, bfloat16: also under
+            ``torch.autocast``), and returned in its own dtype; the sampling grid is computed in that dtype too, so
+            that half-precision rounding never moves a sampling position. An integer or boolean image (e.g. a
+            label map) is warped in the ddf's floating dtype (float32 at least), rounded and returned in its own
+            dtype, so that ``"nearest"`` keeps label values exactly.
         ddf: (B, spatial_dims, *S) displacement in voxels, channel i along spatial axis i, on ``image``'s device.
         padding_mode: ``grid_sample`` padding outside the image: "zeros", "border" or "reflection".
         mode: ``grid_sample`` interpolation: "bilinear" ((bi/tri)linear, differentiable), "nearest" (label maps;
@@ -73,11 +75,16 @@ def warp_with_ddf(
         dtype = torch.promote_types(ddf.dtype, torch.float32)
         out = warp_with_ddf(image.to(dtype), ddf.to(dtype), padding_mode, mode)
         return out.round_().to(image.dtype)
-    grid = ddf_sampling_grid(ddf.to(image.dtype))
+    # sampling positions need float32 at least: in bfloat16 a coordinate near 100 is off by up to 0.25 voxel
+    dtype = torch.promote_types(image.dtype, torch.float32)
+    grid = ddf_sampling_grid(ddf.to(dtype))
     chunks = _thread_chunks(image) if use_cpu_kernels(image) else 1
-    if chunks == 1:
-        return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
-    return _grid_sample_in_slabs(image, grid, mode, padding_mode, chunks)
+    with torch.autocast(image.device.type, enabled=False):
+        if chunks == 1:
+            out = F.grid_sample(image.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+        else:
+            out = _grid_sample_in_slabs(image.to(dtype), grid, mode, padding_mode, chunks)
+    return out.to(image.dtype)
 
 
 def _thread_chunks(image: torch.Tensor) -> int:

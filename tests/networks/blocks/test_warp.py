@@ -100,6 +100,22 @@ def test_ddf_takes_the_floating_image_dtype():
     torch.testing.assert_close(out, warp_with_ddf(image, ddf.double()), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_images_are_sampled_at_float32_positions(dtype):
+    """A half-precision image keeps its dtype, but the sampling positions are not rounded to it."""
+    size = 256  # positions near 255 are 1 apart in bfloat16: a 0.3-voxel shift would be lost
+    image = torch.sin(torch.arange(size, dtype=torch.float64) / 7).view(1, 1, 1, 1, size).expand(1, 1, 2, 2, size)
+    image = image.to(dtype)
+    ddf = torch.zeros(1, 3, 2, 2, size)
+    ddf[:, 2] = 0.3
+    out = warp_with_ddf(image, ddf)
+    assert out.dtype == dtype
+    expected = warp_with_ddf(image.float(), ddf).to(dtype)  # float32 warp, one rounding
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(warp_with_ddf(image, ddf), expected, rtol=0, atol=0)
+
+
 def test_bad_mode_and_complex_image():
     with pytest.raises(ValueError, match="mode must be one of"):
         warp_with_ddf(torch.rand(1, 1, 4, 4), torch.rand(1, 2, 4, 4), mode="trilinear")
