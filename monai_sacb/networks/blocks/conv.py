@@ -15,8 +15,10 @@ __all__ = ["same_conv", "SameConv2d", "SameConv3d"]
 def same_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """
     ``conv(x, weight, bias, stride=1, padding=1)`` for a 3x3(x3) kernel: plain ``F.conv2d``/``F.conv3d``, or on
-    CPU (:py:func:`~monai_sacb.networks.utils.use_cpu_kernels`) with float32 inputs, oneDNN and no autocast, the
-    faster route of :py:func:`_same_conv_onednn`.
+    CPU (:py:func:`~monai_sacb.networks.utils.use_cpu_kernels`) with float32 inputs and oneDNN, the faster route of
+    :py:func:`_same_conv_onednn`. Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` that route computes in
+    bfloat16 and returns bfloat16, as autocast's convolution does (on CPUs with AMX, about 5x faster for these
+    narrow 3D convolutions than float32).
 
     Args:
         x: (B, C_in, *S), 2 or 3 spatial dimensions.
@@ -26,20 +28,26 @@ def same_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     Returns:
         (B, C_out, *S).
     """
-    if not (use_cpu_kernels(x) and _onednn_applies(x, weight)):
+    dtype = _onednn_dtype(x, weight) if use_cpu_kernels(x) else None
+    if dtype is None:
         conv = F.conv3d if x.ndim == 5 else F.conv2d
         return conv(x, weight, bias, padding=1)
-    return _same_conv_onednn(x, weight, bias)
+    return _same_conv_onednn(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
-def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """The oneDNN kernel's own conditions: float32 input and weight, oneDNN built and enabled, no CPU autocast."""
-    return (
-        x.dtype == weight.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-        and not torch.is_autocast_enabled("cpu")
-    )
+def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+    """
+    The dtype the oneDNN kernel computes in, or None where it does not apply. It needs oneDNN built and enabled,
+    and float32 input and weight (bfloat16 input too under CPU autocast, the output of the layer before); under
+    CPU autocast it computes in bfloat16 where oneDNN supports it, and leaves other autocast dtypes to autocast.
+    """
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and weight.dtype == torch.float32):
+        return None
+    if not torch.is_autocast_enabled("cpu"):
+        return torch.float32 if x.dtype == torch.float32 else None
+    if torch.get_autocast_dtype("cpu") != torch.bfloat16 or x.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
 def _same_conv_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -21,11 +21,13 @@ def instance_norm_leaky_relu(
     ``leaky_relu(instance_norm(x, eps=eps), negative_slope)`` (no affine, biased variance).
 
     Plain PyTorch ``instance_norm`` and ``leaky_relu``, or, on CPU
-    (:py:func:`~monai_sacb.networks.utils.use_cpu_kernels`) with float32/float64 input, the same function fused
-    in x's memory: statistics exact to float32 rounding (a pairwise sum for the mean, then the centred sum of
+    (:py:func:`~monai_sacb.networks.utils.use_cpu_kernels`) with float32/float64/bfloat16 input, the same function
+    fused in x's memory: statistics exact to float32 rounding (a pairwise sum for the mean, then the centred sum of
     squares), unlike single-pass variance kernels whose error SACB-Net's k-means amplifies; two reads of x and no
     temporary of its size. With ``inplace=True`` the fused kernel writes the result into x, and autograd keeps
-    only the output, not x: use it on a fresh convolution output.
+    only the output, not x: use it on a fresh convolution output. In inference, a bfloat16 x (a convolution's
+    output under CPU autocast) is normalised in float32 and stays bfloat16, so that the next convolution reads it
+    without a conversion (plain ``instance_norm`` would return float32 under autocast).
 
     Args:
         x: (B, C, *S) tensor, any memory format.
@@ -36,11 +38,19 @@ def instance_norm_leaky_relu(
     Returns:
         (B, C, *S) tensor in x's memory format.
     """
-    if not (use_cpu_kernels(x) and x.dtype in (torch.float32, torch.float64)):
+    if not use_cpu_kernels(x):
+        return F.leaky_relu(F.instance_norm(x, eps=eps), negative_slope)
+    if x.dtype == torch.bfloat16 and not (torch.is_grad_enabled() and x.requires_grad):
+        # in float32 (bfloat16 arithmetic would cost more: every mixed in-place op converts), then back into x
+        with torch.autocast("cpu", enabled=False):
+            y, _ = _forward_in_place(x.float(), negative_slope, eps)
+        return x.copy_(y) if inplace else y.to(x.dtype)
+    if x.dtype not in (torch.float32, torch.float64):
         return F.leaky_relu(F.instance_norm(x, eps=eps), negative_slope)
     if not inplace:
         x = x.clone(memory_format=torch.preserve_format)
-    return _InstanceNormLeakyReLU.apply(x, negative_slope, eps)
+    with torch.autocast("cpu", enabled=False):  # the statistics choose their own precision, not autocast
+        return _InstanceNormLeakyReLU.apply(x, negative_slope, eps)
 
 
 def _channel_rows(x: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -42,6 +42,26 @@ def test_float64_is_plain_convolution():
     torch.testing.assert_close(same_conv(x, weight), F.conv3d(x, weight, padding=1), rtol=0, atol=0)
 
 
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="oneDNN without bfloat16 on this CPU")
+@pytest.mark.parametrize("shape", [(2, 8, 6, 5, 7), (1, 1, 6, 5, 7), (1, 4, 9, 10)])
+def test_cpu_autocast_bfloat16_is_autocast_convolution(shape):
+    """Under CPU bfloat16 autocast the oneDNN route computes what autocast's convolution computes, in bfloat16."""
+    generator = torch.Generator().manual_seed(0)
+    spatial_dims = len(shape) - 2
+    x = torch.randn(shape, generator=generator)
+    weight = torch.randn(5, shape[1], *(3,) * spatial_dims, generator=generator)
+    bias = torch.randn(5, generator=generator)
+    conv = F.conv3d if spatial_dims == 3 else F.conv2d
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = same_conv(x, weight, bias)
+        from_bfloat16 = same_conv(x.bfloat16(), weight, bias)  # the output of a previous layer
+        expected = conv(x, weight, bias, padding=1)
+    assert out.dtype == from_bfloat16.dtype == expected.dtype == torch.bfloat16
+    exact = conv(x.bfloat16().double(), weight.bfloat16().double(), bias.bfloat16().double(), padding=1)
+    for result in (out, from_bfloat16, expected):
+        torch.testing.assert_close(result.double(), exact, rtol=2**-7, atol=0.05)
+
+
 @pytest.mark.parametrize("module, reference", [(SameConv3d, nn.Conv3d), (SameConv2d, nn.Conv2d)])
 def test_modules_keep_nn_conv_parameters_and_keys(module, reference):
     torch.manual_seed(0)

@@ -55,8 +55,25 @@ def test_inplace_overwrites_and_out_of_place_does_not():
     torch.testing.assert_close(same, out, rtol=0, atol=0)
 
 
-def test_low_precision_uses_pytorch_instance_norm():
+def test_bfloat16_is_normalised_in_float32_and_stays_bfloat16():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 6, 7, 5, generator=generator) * 4 + 20  # a mean 5 SDs from zero
+    x = x.contiguous(memory_format=torch.channels_last_3d).bfloat16()
+    expected = _reference(x.double()).to(torch.bfloat16)
+    out = instance_norm_leaky_relu(x)
+    assert out.dtype == torch.bfloat16 and out.stride() == x.stride()
+    # one bfloat16 rounding of the float32 result: within one unit in the last place of the exact answer
+    torch.testing.assert_close(out.float(), expected.float(), rtol=2**-7, atol=1e-2)
+    same = instance_norm_leaky_relu(x, inplace=True)
+    assert same.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(same, out, rtol=0, atol=0)
+
+
+def test_low_precision_with_gradient_uses_pytorch_instance_norm():
     x = torch.randn(1, 4, 8, 8, 8)
-    out = instance_norm_leaky_relu(x.bfloat16())
-    assert out.dtype == torch.bfloat16
+    low = x.bfloat16().requires_grad_(True)
+    out = instance_norm_leaky_relu(low)
+    assert out.dtype == torch.bfloat16 and out.grad_fn is not None
     torch.testing.assert_close(out.float(), _reference(x), rtol=0.05, atol=0.05)
+    out.float().sum().backward()
+    assert low.grad is not None and torch.isfinite(low.grad.float()).all()
