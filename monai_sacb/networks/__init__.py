@@ -22,3 +22,4 @@ from .blocks import (
     warp_with_ddf,
 )
 from .nets import PairDDFWrapper, SACBNet, SACBNetBackbone
+from .utils import cpu_bfloat16_is_fast

@@ -93,6 +93,77 @@ def test_symmetric_inference_keeps_inverse_consistent_fields():
     torch.testing.assert_close(out["warped_image"], PairInferer()(pair, _Translation(moving))["warped_image"])
 
 
+class _BothWays(_Translation):
+    """_Translation with the backbone's forward_both_ways; records which entry point was used and under what."""
+
+    def __init__(self, reference):
+        super().__init__(reference)
+        self.calls = []
+
+    def forward(self, pair):
+        self.calls.append(("forward", pair.shape[0], torch.is_autocast_enabled("cpu")))
+        return super().forward(pair)
+
+    def forward_both_ways(self, pair):
+        self.calls.append(("both_ways", pair.shape[0], torch.is_autocast_enabled("cpu")))
+        swapped = torch.cat([pair[:, 1:], pair[:, :1]], dim=1)
+        return _Translation.forward(self, pair), _Translation.forward(self, swapped)
+
+
+def test_symmetric_inference_uses_forward_both_ways_when_the_network_has_it():
+    moving, fixed = torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8)
+    pair = torch.cat([moving, fixed], dim=1)
+    network = _BothWays(moving)
+    out = PairInferer(symmetric=True)(pair, network)
+    assert network.calls == [("both_ways", 1, False)]
+    expected = PairInferer(symmetric=True)(pair, _Translation(moving))  # the batch-of-2B route
+    torch.testing.assert_close(out["ddf"], expected["ddf"], rtol=0, atol=0)
+    network.calls.clear()
+    PairInferer()(pair, network)
+    assert network.calls == [("forward", 1, False)]
+
+
+def test_symmetric_inference_of_the_backbone_equals_the_batch_of_both_directions():
+    torch.manual_seed(0)
+    backbone = SACBNetBackbone(base_channels=2, kmeans_iters=2).eval()
+    pair = torch.rand(1, 2, 32, 32, 32)
+    with torch.no_grad():
+        out = PairInferer(symmetric=True)(pair, backbone)
+        both = backbone(torch.cat([pair, pair.flip(1)], dim=0))
+    # the same function; oneDNN's batch-size-dependent summation order leaves float32 rounding differences
+    torch.testing.assert_close(out["ddf"], symmetric_ddf(both[:1], both[1:]), rtol=0, atol=1e-3)
+
+
+def test_cpu_bfloat16_runs_only_the_network_under_autocast():
+    moving, fixed = torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8)
+    pair = torch.cat([moving, fixed], dim=1)
+    network = _BothWays(moving)
+    seen = {}
+
+    def refine(m, f, ddf):
+        seen["autocast"] = torch.is_autocast_enabled("cpu")
+        return ddf
+
+    out = PairInferer(symmetric=True, refine=refine, cpu_bfloat16=True)(pair, network)
+    assert network.calls == [("both_ways", 1, True)] and seen["autocast"] is False
+    assert out["ddf"].dtype == torch.float32 and out["warped_image"].dtype == torch.float32
+    network.calls.clear()
+    PairInferer(cpu_bfloat16=False)(pair, network)
+    assert network.calls == [("forward", 1, False)]
+
+
+def test_cpu_bfloat16_keeps_the_backbone_field_close():
+    torch.manual_seed(0)
+    backbone = SACBNetBackbone(base_channels=2, kmeans_iters=2).eval()
+    pair = torch.rand(1, 2, 32, 32, 32)
+    with torch.no_grad():
+        reference = PairInferer()(pair, backbone)["ddf"]
+        low = PairInferer(cpu_bfloat16=True)(pair, backbone)["ddf"]
+    assert low.dtype == torch.float32
+    # bfloat16 features may move a few k-means assignments; the field stays close on average
+    assert (low - reference).abs().mean() < 0.1 * reference.abs().mean()
+
+
 def test_symmetric_ddf_of_exact_inverses_is_the_forward_field():
     forward = torch.zeros(1, 3, 8, 8, 8)
     forward[:, 0] = 1.0
@@ -141,6 +212,7 @@ def test_describe_names_what_the_inferer_adds():
 
     assert PairInferer().describe() == "SACB-Net"
     assert PairInferer(symmetric=True).describe("VoxelMorph") == "VoxelMorph, symmetric"
+    assert PairInferer(cpu_bfloat16=True).describe() == "SACB-Net, bfloat16 on CPU"
     refined = PairInferer(symmetric=True, refine=InstanceOptimization(steps=[0, 50, 10]))
     assert refined.describe() == "SACB-Net, symmetric, instance optimisation [0, 50, 10] steps"
     assert PairInferer(refine=InstanceOptimization(steps=[0, 0, 0])).describe() == "SACB-Net"

@@ -89,3 +89,18 @@ def test_matching_asks_the_seam(plain):
     plain["matching"].return_value = True  # the CPU kernel: a reused buffer, the same sums
     with torch.no_grad():
         torch.testing.assert_close(matching.similarity_matching_flow(moving, fixed), out, rtol=0, atol=1e-6)
+
+
+def test_cpu_bfloat16_is_fast_needs_onednn_bfloat16_and_amx():
+    from monai_sacb.networks import cpu_bfloat16_is_fast
+
+    expected = bool(
+        torch.backends.mkldnn.is_available()
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
+    assert cpu_bfloat16_is_fast() is expected
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert cpu_bfloat16_is_fast() is False
+    with mock.patch.object(torch.cpu, "_is_amx_tile_supported", return_value=False, create=True):
+        assert cpu_bfloat16_is_fast() is False

@@ -116,6 +116,20 @@ def test_batch_samples_are_independent(image_pair):
     torch.testing.assert_close(ddf[1:], ddf_second, rtol=1e-4, atol=1e-4)
 
 
+def test_forward_both_ways_equals_two_forward_passes(image_pair):
+    backbone = _net(num_clusters=3).backbone.eval()
+    moving, fixed = image_pair((2, 1, 32, 48, 16), seed=3)
+    with torch.no_grad():
+        forward, backward = backbone.forward_both_ways(torch.cat([moving, fixed], dim=1))
+        expected_forward = backbone(torch.cat([moving, fixed], dim=1))
+        expected_backward = backbone(torch.cat([fixed, moving], dim=1))
+    torch.testing.assert_close(forward, expected_forward, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(backward, expected_backward, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(forward, backward)
+    with pytest.raises(ValueError, match="divisible by 16"):
+        backbone.forward_both_ways(torch.rand(1, 2, 20, 16, 16))
+
+
 # --------------------------------------------------------------------------------------------------- determinism
 
 
