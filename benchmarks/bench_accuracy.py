@@ -20,6 +20,7 @@ itself should not move. Results are means (and standard deviations) over pairs.
 
     python benchmarks/bench_accuracy.py --model bundle/models/model.pt --voxelmorph runs/vm/model.pt --ants
     python benchmarks/bench_accuracy.py --model bundle/models/model.pt --io_steps 0 --threads 2 --num_pairs 4
+    python benchmarks/bench_accuracy.py --cpu_bfloat16   # adds the network under CPU bfloat16 autocast
 
 Timings are of this process on this machine; run it alone (``chrt -f 10`` on a shared machine).
 """
@@ -80,11 +81,13 @@ def _network(kind: str, path: str) -> torch.nn.Module:
     return net.eval()
 
 
-def _network_method(net: torch.nn.Module, symmetric: bool = False, refine: Callable | None = None) -> Callable:
+def _network_method(
+    net: torch.nn.Module, symmetric: bool = False, refine: Callable | None = None, cpu_bfloat16: bool = False
+) -> Callable:
     """Registration by the bundle's inferer: the network, optionally both ways averaged, optionally refined."""
     from monai_sacb.inferers import PairInferer
 
-    inferer = PairInferer(symmetric=symmetric, refine=refine)
+    inferer = PairInferer(symmetric=symmetric, refine=refine, cpu_bfloat16=cpu_bfloat16)
 
     def register(moving: torch.Tensor, fixed: torch.Tensor) -> dict:
         with torch.no_grad():
@@ -169,6 +172,11 @@ def main() -> None:
     parser.add_argument("--pad_to", default="", help="pad every pair with background to this size, e.g. 96,112,96")
     parser.add_argument("--no_hd95", action="store_true", help="skip HD95 (the slowest metric)")
     parser.add_argument("--json", default="", help="also write per-pair results to this JSON file")
+    parser.add_argument(
+        "--cpu_bfloat16",
+        action="store_true",
+        help="add SACBNet rows with the network under CPU bfloat16 autocast (PairInferer(cpu_bfloat16=True))",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -192,6 +200,11 @@ def main() -> None:
             steps = json.loads(args.io_steps) if args.io_steps != "default" else None
             io = InstanceOptimization() if steps is None else InstanceOptimization(steps=steps)
             methods["SACBNet, symmetric + instance optimisation"] = _network_method(sacbnet, True, io)
+        if args.cpu_bfloat16:
+            methods["SACBNet, bfloat16"] = _network_method(sacbnet, cpu_bfloat16=True)
+            methods["SACBNet, symmetric, bfloat16"] = _network_method(sacbnet, True, cpu_bfloat16=True)
+            if args.io_steps != "0":
+                methods["SACBNet, symmetric, bfloat16 + instance optimisation"] = _network_method(sacbnet, True, io, True)
 
     results: dict[str, list[dict]] = {name: [] for name in methods}
     for index, pair in enumerate(pairs):
