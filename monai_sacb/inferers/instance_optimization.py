@@ -10,6 +10,7 @@ coarse to fine, as done by Learn2Reg winners and by uniGradICON's instance optim
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -91,23 +92,41 @@ def resize_image(image: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(blurred, size=size, mode=_interp_mode(spatial_dims), align_corners=True)
 
 
+@functools.lru_cache(maxsize=64)
+def _box_smoothing_matrix(size: int, passes: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """
+    (size, size) matrix of ``passes`` 3-voxel box filters along one axis of ``size`` voxels, each row averaging the
+    neighbours inside the grid (1/3 each, 1/2 at the two ends): banded, 2 * passes + 1 diagonals.
+    """
+    index = torch.arange(size)
+    box = torch.zeros(size, size, dtype=torch.float64)
+    for offset in (-1, 0, 1):
+        neighbour = index + offset
+        inside = (neighbour >= 0) & (neighbour < size)
+        box[index[inside], neighbour[inside]] = 1.0
+    box /= box.sum(1, keepdim=True)
+    return torch.linalg.matrix_power(box, passes).to(dtype=dtype, device=device)
+
+
 def _box_smooth(field: torch.Tensor, passes: int) -> torch.Tensor:
     """
     ``passes`` box filters 3 voxels wide along every spatial axis, averaging over the voxels inside the grid at the
-    borders: the values of ``avg_pool(kernel_size=3, stride=1, padding=1, count_include_pad=False)``, computed
-    separably with shifted sums, 2.3x faster on CPU (forward and backward). Keeps constants. Differentiable.
+    borders: the values of ``avg_pool(kernel_size=3, stride=1, padding=1, count_include_pad=False)`` applied
+    ``passes`` times. The filters along one axis commute with those along the others, so all passes along an
+    axis are one multiplication by a small matrix (:py:func:`_box_smoothing_matrix`) over that axis: 7x faster
+    than shifted sums, forward and backward, on a 2-mm brain on one CPU thread. Keeps constants. Differentiable.
     """
-    nd = field.ndim
-    for _ in range(passes):
-        for axis in range(2, nd):
-            size = field.shape[axis]
-            pad = [0, 0] * (nd - 2)
-            pad[2 * (nd - 1 - axis)] = pad[2 * (nd - 1 - axis) + 1] = 1  # F.pad lists the last axis first
-            padded = F.pad(field, pad)
-            total = padded.narrow(axis, 0, size) + padded.narrow(axis, 1, size) + padded.narrow(axis, 2, size)
-            count = torch.full((size,), 1.0 / 3.0, dtype=field.dtype, device=field.device)
-            count[0] = count[-1] = 0.5
-            field = total * count.view([size if a == axis else 1 for a in range(nd)])
+    if passes == 0:
+        return field
+    shape = field.shape
+    for axis in range(2, field.ndim):
+        size = shape[axis]
+        matrix = _box_smoothing_matrix(size, passes, field.dtype, field.device)
+        before, after = math.prod(shape[:axis]), math.prod(shape[axis + 1 :])
+        if after == 1:  # the last axis: one (voxels, size) x (size, size) product
+            field = (field.reshape(before, size) @ matrix.T).reshape(shape)
+        else:
+            field = torch.matmul(matrix, field.reshape(before, size, after)).reshape(shape)
     return field
 
 

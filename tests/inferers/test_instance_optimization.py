@@ -166,6 +166,18 @@ def test_box_smooth_equals_avg_pool_without_padding_counts(shape):
     torch.testing.assert_close(_box_smooth(constant, 4), constant)
 
 
+def test_box_smooth_gradient_is_the_avg_pool_gradient():
+    torch.manual_seed(2)
+    field = torch.randn(1, 3, 7, 5, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(1, 3, 7, 5, 6, dtype=torch.float64)
+    expected = field
+    for _ in range(4):
+        expected = F.avg_pool3d(expected, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+    (grad,) = torch.autograd.grad((_box_smooth(field, 4) * weight).sum(), field)
+    (reference,) = torch.autograd.grad((expected * weight).sum(), field)
+    torch.testing.assert_close(grad, reference, rtol=0, atol=1e-12)
+
+
 def test_box_smooth_on_two_voxels_averages_them():
     field = torch.tensor([[[1.0, 3.0], [5.0, 9.0]]])  # (1, 1, 2, 2): an axis of 2 voxels is averaged
     torch.testing.assert_close(_box_smooth(field[None], 1)[0], torch.full((1, 2, 2), 4.5))
