@@ -57,6 +57,26 @@ def test_sum_and_none_reductions_by_hand():
     assert ForwardDiffusionLoss()(ddf).item() == 0.125
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5, 3), (3, 2, 5, 4)])
+def test_gradient_equals_autograd_of_the_formula(reduction, shape):
+    torch.manual_seed(3)
+    ddf = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(shape[0], dtype=torch.float64) if reduction == "none" else torch.tensor(1.7, dtype=torch.float64)
+    per_axis = []
+    for dim in range(2, ddf.ndim):
+        squares = (torch.diff(ddf, dim=dim) ** 2).flatten(1)
+        per_axis.append(squares.sum(1) if reduction == "sum" else squares.mean(1))
+    stacked = torch.stack(per_axis, 1)
+    expected = {"sum": stacked.sum(), "none": stacked.mean(1), "mean": stacked.mean()}[reduction]
+    out = ForwardDiffusionLoss(reduction=reduction)(ddf)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    (grad,) = torch.autograd.grad((out * weight).sum(), ddf)
+    (reference,) = torch.autograd.grad((expected * weight).sum(), ddf)
+    torch.testing.assert_close(grad, reference, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: ForwardDiffusionLoss(reduction=reduction)(t), (ddf,))
+
+
 @pytest.mark.parametrize(
     "shape, match", [((1, 2, 4, 4, 4), "spatial_dims channels"), ((1, 2, 4, 1), "must be > 1"), ((4,), "spatial_dims")]
 )
