@@ -164,7 +164,10 @@ def main() -> None:
     parser.add_argument("--voxelmorph", default="", help="weights of MONAI VoxelMorph trained by the same recipe")
     parser.add_argument("--ants", action="store_true", help="add ANTs SyN (antspyx) with default settings")
     parser.add_argument(
-        "--io_steps", default="default", help="instance optimisation steps per level, e.g. '[100, 50, 10]' ('0': none)"
+        "--io_steps",
+        default="[0, 50, 10]",
+        help="instance optimisation steps per level at 1/4, 1/2 and full resolution (default: inference.json's "
+        "'[0, 50, 10]'; 'default': InstanceOptimization's own (100, 50, 10); '0': none)",
     )
     parser.add_argument("--pairs", default="", help="JSON list of pairs (default: the held-out synth pairs)")
     parser.add_argument("--num_pairs", type=int, default=16)
