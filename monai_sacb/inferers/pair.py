@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -128,7 +129,9 @@ class PairInferer(Inferer):
         channels = inputs.shape[1] // 2
         moving, fixed = inputs[:, :channels], inputs[:, channels:]
         bfloat16 = self.cpu_bfloat16 and inputs.device.type == "cpu"
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+        # only entered when asked for: an autocast the caller (or an engine's amp) has set stays in force otherwise
+        precision = torch.autocast("cpu", dtype=torch.bfloat16) if bfloat16 else contextlib.nullcontext()
+        with precision:
             if not self.symmetric:
                 fields = (network(inputs, *args, **kwargs),)
             elif callable(getattr(network, "forward_both_ways", None)):

@@ -150,6 +150,9 @@ def test_cpu_bfloat16_runs_only_the_network_under_autocast():
     network.calls.clear()
     PairInferer(cpu_bfloat16=False)(pair, network)
     assert network.calls == [("forward", 1, False)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the caller's own autocast stays in force
+        PairInferer(cpu_bfloat16=False)(pair, network)
+    assert network.calls[-1] == ("forward", 1, True)
 
 
 def test_cpu_bfloat16_keeps_the_backbone_field_close():
