@@ -79,11 +79,10 @@ def warp_with_ddf(
     dtype = torch.promote_types(image.dtype, torch.float32)
     grid = ddf_sampling_grid(ddf.to(dtype))
     chunks = _thread_chunks(image) if use_cpu_kernels(image) else 1
-    with torch.autocast(image.device.type, enabled=False):
-        if chunks == 1:
-            out = F.grid_sample(image.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
-        else:
-            out = _grid_sample_in_slabs(image.to(dtype), grid, mode, padding_mode, chunks)
+    if chunks == 1:
+        out = F.grid_sample(image.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    else:
+        out = _grid_sample_in_slabs(image.to(dtype), grid, mode, padding_mode, chunks)
     return out.to(image.dtype)
 
 
