@@ -200,8 +200,9 @@ class SACBNetBackbone(nn.Module):
         """
         Register the pair both ways: ``(forward(pair), forward(cat([fixed, moving], dim=1)))``, with the shared
         encoder run once for both images instead of twice (the two directions encode the same two images). What
-        :py:class:`monai_sacb.inferers.PairInferer` calls for ``symmetric=True``; about 20% faster than
-        ``forward`` on the batch of both directions on a 2-core CPU (benchmarks/bench_sacbnet.py).
+        :py:class:`monai_sacb.inferers.PairInferer` calls for ``symmetric=True``; about 15% less time than
+        ``forward`` on the batch of both directions on a 2-core CPU (docs/benchmarks.md, "Registering a pair on the
+        CPU").
 
         Args:
             pair: (B, in_channels, *S) ``torch.cat([moving, fixed], dim=1)``, as for ``forward``.
