@@ -22,12 +22,17 @@ def instance_norm_leaky_relu(
 
     Plain PyTorch ``instance_norm`` and ``leaky_relu``, or, on CPU
     (:py:func:`~monai_sacb.networks.utils.use_cpu_kernels`) with float32/float64/bfloat16 input, the same function
-    fused in x's memory: statistics exact to float32 rounding (a pairwise sum for the mean, then the centred sum of
-    squares), unlike single-pass variance kernels whose error SACB-Net's k-means amplifies; two reads of x and no
-    temporary of its size. With ``inplace=True`` the fused kernel writes the result into x, and autograd keeps
-    only the output, not x: use it on a fresh convolution output. In inference, a bfloat16 x (a convolution's
-    output under CPU autocast) is normalised in float32 and stays bfloat16, so that the next convolution reads it
-    without a conversion (plain ``instance_norm`` would return float32 under autocast).
+    fused in x's memory, with statistics exact to float32 rounding, unlike single-pass variance kernels whose
+    error SACB-Net's k-means amplifies:
+
+    - float32/float64 x: a pairwise sum for the mean, then the centred sum of squares; two reads of x and no
+      temporary of its size; autograd keeps only the output, not x;
+    - bfloat16 x without a gradient (a convolution's output under CPU autocast, in inference): cache-sized
+      chunks computed in float32, one read for the statistics and one read and write for the result. x stays
+      bfloat16, so that the next convolution reads it without a conversion (plain ``instance_norm`` would return
+      float32 under autocast).
+
+    With ``inplace=True`` the fused kernels write the result into x: use it on a fresh convolution output.
 
     Args:
         x: (B, C, *S) tensor, any memory format.
@@ -40,11 +45,14 @@ def instance_norm_leaky_relu(
     """
     if not use_cpu_kernels(x):
         return F.leaky_relu(F.instance_norm(x, eps=eps), negative_slope)
+    if not _is_voxel_major(x):  # e.g. a transposed view: the fused kernels need whole voxels in rows
+        out = instance_norm_leaky_relu(x.contiguous(), negative_slope, eps, inplace=True)
+        return x.copy_(out) if inplace else torch.empty_like(x).copy_(out)
     if x.dtype == torch.bfloat16 and not (torch.is_grad_enabled() and x.requires_grad):
-        # in float32 (bfloat16 arithmetic would cost more: every mixed in-place op converts), then back into x
+        if not inplace:
+            x = x.clone(memory_format=torch.preserve_format)
         with torch.autocast("cpu", enabled=False):
-            y, _ = _forward_in_place(x.float(), negative_slope, eps)
-        return x.copy_(y) if inplace else y.to(x.dtype)
+            return _bfloat16_in_place(x, negative_slope, eps)
     if x.dtype not in (torch.float32, torch.float64):
         return F.leaky_relu(F.instance_norm(x, eps=eps), negative_slope)
     if not inplace:
@@ -82,6 +90,75 @@ def _forward_in_place(x: torch.Tensor, negative_slope: float, eps: float) -> tup
     if negative_slope != 1.0:
         F.leaky_relu_(x, negative_slope)
     return x, inv_std
+
+
+# float32 elements of one chunk of the bfloat16 kernel: small enough to stay in cache between its passes
+_CHUNK_ELEMENTS = 2**18
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.ndim in (4, 5) and x.is_contiguous(memory_format=channels_last_format(x.ndim - 2))
+
+
+def _is_voxel_major(x: torch.Tensor) -> bool:
+    """Contiguous or channels-last: the layouts in which the fused kernels can view x as rows of voxels."""
+    return x.is_contiguous() or _is_channels_last(x)
+
+
+def _voxel_major_rows(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """
+    A contiguous or channels-last x as rows of whole voxels, (G, M, R), with the values of ``channels`` channels
+    repeating along each row ``repeats`` times (R = repeats * channels): a channels-last x gives G = B samples;
+    a contiguous one gives G = B * C one-channel groups.
+    """
+    batch, channels = x.shape[:2]
+    num_voxels = x[0, 0].numel()
+    if _is_channels_last(x):
+        groups, rows = batch, x.movedim(1, -1)
+    else:
+        groups, rows, channels = batch * channels, x, 1
+    repeats = math.gcd(num_voxels, max(1, 128 // channels))
+    return rows.view(groups, num_voxels // repeats, repeats * channels), channels, repeats
+
+
+def _bfloat16_in_place(x: torch.Tensor, negative_slope: float, eps: float) -> torch.Tensor:
+    """
+    The norm and activation of a bfloat16 x (no gradient) computed in float32 and written into x, a cache-sized
+    chunk at a time: one read of x for the statistics and one read and write for the result, 3x faster than
+    normalising a float32 copy of x (2 x 8 x 96 x 112 x 96, 2 threads). The statistics are shifted sums, of
+    (x - k) and (x - k)^2 with k each channel's mean over an evenly spread subset, summed pairwise within a chunk
+    and in float64 across chunks: with k near the mean, as exact as the centred two-pass formula.
+    """
+    rows, channels, repeats = _voxel_major_rows(x)
+    groups, num_rows, width = rows.shape
+    num_voxels = num_rows * repeats
+
+    def per_column(values: torch.Tensor) -> torch.Tensor:  # (G, channels) -> (G, 1, R)
+        return values.float().repeat(1, repeats).view(groups, 1, width)
+
+    def per_channel(sums: torch.Tensor) -> torch.Tensor:  # (G, R) column sums -> (G, channels) means
+        return sums.view(groups, repeats, channels).sum(1) / num_voxels
+
+    shift = rows[:, :: max(1, num_rows // 1024)].float().mean(1).view(groups, repeats, channels).mean(1)
+    shift_columns = per_column(shift)
+    step = max(1, _CHUNK_ELEMENTS // (groups * width))
+    chunks = [(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
+    buffer = rows.new_empty((groups, min(step, num_rows), width), dtype=torch.float32)
+    sums = rows.new_zeros((groups, width), dtype=torch.float64)
+    squares = torch.zeros_like(sums)
+    for start, stop in chunks:
+        chunk = buffer[:, : stop - start].copy_(rows[:, start:stop]).sub_(shift_columns)
+        sums += chunk.sum(1)
+        squares += chunk.mul_(chunk).sum(1)
+    offset = per_channel(sums)
+    mean_columns = per_column(shift.double() + offset)
+    scale_columns = per_column(torch.rsqrt((per_channel(squares) - offset * offset).clamp_min(0) + eps))
+    for start, stop in chunks:
+        chunk = buffer[:, : stop - start].copy_(rows[:, start:stop]).sub_(mean_columns).mul_(scale_columns)
+        if negative_slope != 1.0:
+            F.leaky_relu_(chunk, negative_slope)
+        rows[:, start:stop].copy_(chunk)
+    return x
 
 
 class _InstanceNormLeakyReLU(torch.autograd.Function):

@@ -193,6 +193,19 @@ def test_bad_shapes_raise_value_error(which):
         cluster_adaptive_conv(*bad)
 
 
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="oneDNN without bfloat16 on this CPU")
+def test_cpu_bfloat16_autocast_takes_the_stacked_kernels_in_bfloat16():
+    x, weight, gains, assignments = (t.float() if t.is_floating_point() else t for t in make_inputs(3, seed=7))
+    bias = torch.randn(2, gains.shape[1], weight.shape[0], generator=torch.Generator().manual_seed(8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cluster_adaptive_conv(channels_last(x), weight, gains, assignments, bias)
+        stacked = cluster_adaptive_conv(channels_last(x), weight, gains, assignments, bias, method="stacked")
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, stacked, rtol=0, atol=0)
+    expected = reference_adaptive_conv(x.double(), weight.double(), gains.double(), assignments, bias.double())
+    torch.testing.assert_close(out.double(), expected, rtol=0.02, atol=0.05)
+
+
 def test_unknown_method_raises_value_error():
     x, weight, gains, assignments = make_inputs(3)
     with pytest.raises(ValueError, match="method"):

@@ -38,6 +38,24 @@ def test_forward_and_gradient_equal_pytorch(shape, layout, grad_layout):
     torch.testing.assert_close(dx, ref, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+def test_other_memory_layouts_equal_pytorch(inplace):
+    """A transposed view is neither contiguous nor channels-last; its flattened voxels are not a view of it."""
+    generator = torch.Generator().manual_seed(2)
+    base = torch.randn(2, 4, 5, 6, 7, generator=generator, dtype=torch.float64) * 0.5 + 3
+    x = base.transpose(2, 3)
+    expected = _reference(x)
+    out = instance_norm_leaky_relu(x, inplace=inplace)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert out.stride() == x.stride()
+    if inplace:
+        torch.testing.assert_close(base.transpose(2, 3), expected, rtol=1e-12, atol=1e-12)
+    leaf = base.clone().transpose(2, 3).requires_grad_(True)
+    (dx,) = torch.autograd.grad(instance_norm_leaky_relu(leaf).sum(), leaf)
+    (ref,) = torch.autograd.grad(_reference(leaf).sum(), leaf)
+    torch.testing.assert_close(dx, ref, rtol=1e-10, atol=1e-10)
+
+
 def test_gradcheck_and_identity_slope():
     x = torch.randn(2, 3, 4, 3, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: instance_norm_leaky_relu(t * 2 + 1), (x,))
@@ -67,6 +85,23 @@ def test_bfloat16_is_normalised_in_float32_and_stays_bfloat16():
     same = instance_norm_leaky_relu(x, inplace=True)
     assert same.data_ptr() == x.data_ptr()
     torch.testing.assert_close(same, out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "permuted"])
+@pytest.mark.parametrize("shape", [(2, 8, 40, 36, 48), (1, 3, 64, 80), (3, 1, 5, 7, 3)])
+def test_bfloat16_in_chunks_equals_float64_reference(shape, layout, monkeypatch):
+    """Many chunks (a small chunk size), every memory layout, a mean far from zero: one rounding from exact."""
+    import monai_sacb.networks.blocks.norm_act as norm_act
+
+    monkeypatch.setattr(norm_act, "_CHUNK_ELEMENTS", 4096)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=generator) * 0.5 + 30  # a mean 60 SDs from zero
+    x = (x.transpose(2, 3) if layout == "permuted" else _layout(x, layout)).bfloat16()
+    expected = _reference(x.double())
+    out = instance_norm_leaky_relu(x)
+    assert out.dtype == torch.bfloat16 and out.stride() == x.stride()
+    torch.testing.assert_close(out.double(), expected, rtol=2**-7, atol=2e-2)
+    assert (out.double() - expected).abs().mean() < 2e-3  # no bias from the statistics, only rounding
 
 
 def test_low_precision_with_gradient_uses_pytorch_instance_norm():
