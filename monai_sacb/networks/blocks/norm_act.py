@@ -65,14 +65,12 @@ def _channel_rows(x: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor,
     """
     x viewed for in-place element-wise ops with per-(sample, channel) values (B, C), and those values
     shaped to broadcast. A channels-last x is viewed as (B, N / r, r * C) rows of r voxels with the values
-    tiled r times: broadcasting a vector of 4-16 channels along the innermost axis vectorises badly (3x slower).
+    tiled r times (:py:func:`_voxel_major_rows`): broadcasting a vector of 4-16 channels along the innermost
+    axis vectorises badly (3x slower).
     """
     batch, channels = x.shape[:2]
-    layout = channels_last_format(x.ndim - 2)
-    if x.ndim in (4, 5) and channels > 1 and x.is_contiguous(memory_format=layout) and not x.is_contiguous():
-        num_voxels = x[0, 0].numel()
-        repeats = math.gcd(num_voxels, max(1, 128 // channels))
-        rows = x.movedim(1, -1).reshape(batch, num_voxels // repeats, repeats * channels)
+    if channels > 1 and _is_channels_last(x) and not x.is_contiguous():
+        rows, _, repeats = _voxel_major_rows(x)
         return (rows, *(v.repeat(1, repeats).view(batch, 1, repeats * channels) for v in values))
     return (x, *(v.view(batch, channels, *(1,) * (x.ndim - 2)) for v in values))
 

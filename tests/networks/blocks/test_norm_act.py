@@ -88,7 +88,7 @@ def test_bfloat16_is_normalised_in_float32_and_stays_bfloat16():
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "permuted"])
-@pytest.mark.parametrize("shape", [(2, 8, 40, 36, 48), (1, 3, 64, 80), (3, 1, 5, 7, 3)])
+@pytest.mark.parametrize("shape", [(2, 8, 40, 36, 48), (1, 3, 64, 80), (3, 1, 5, 7, 3), (2, 3, 5, 4, 1)])
 def test_bfloat16_in_chunks_equals_float64_reference(shape, layout, monkeypatch):
     """Many chunks (a small chunk size), every memory layout, a mean far from zero: one rounding from exact."""
     import monai_sacb.networks.blocks.norm_act as norm_act
