@@ -1,3 +1,3 @@
 """SACB-Net as MONAI components."""
 
-__version__ = "0.5.1"
+__version__ = "0.6.0"
