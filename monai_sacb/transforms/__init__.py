@@ -39,4 +39,4 @@ from .synthesis import (
     random_velocity_ddf,
     synthesize_image,
 )
-from .spatial import Warpd
+from .spatial import RandDivisiblePadd, Warpd

@@ -11,13 +11,13 @@ import torch
 from monai.config import KeysCollection, SequenceStr
 from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Pad, RandomizableTransform
 from monai.utils import GridSampleMode, GridSamplePadMode, ensure_tuple_rep
 
 from monai_sacb.networks.blocks.warp import warp_with_ddf
 from monai_sacb.transforms.utils import matching_output_keys
 
-__all__ = ["Warpd"]
+__all__ = ["RandDivisiblePadd", "Warpd"]
 
 
 class Warpd(MapTransform):
@@ -108,4 +108,81 @@ class Warpd(MapTransform):
                 out = MetaTensor(out, meta=meta)
                 out.applied_operations = copy.deepcopy(ref.applied_operations)
             d[out_key] = out
+        return d
+
+
+class RandDivisiblePadd(RandomizableTransform, MapTransform):
+    """
+    Randomly widen the field of view of a registration pair with background, so that a network trained on tightly
+    cropped images does not depend on how much background surrounds the anatomy (SACB-Net's instance norms and
+    k-means see the whole volume, so the background margin changes their statistics). With probability ``prob``,
+    each spatial axis grows by ``k * n`` voxels, ``n`` drawn from ``0, ..., max_multiples``, split between its two
+    ends at random; every key gets the same padding (by :py:class:`monai.transforms.Pad`, which also updates a
+    MetaTensor's affine), so the pair stays on one grid and sizes divisible by ``k`` stay divisible by ``k``.
+
+    Shapes: each key (C, *S), 2D or 3D, all keys the same spatial size S; output (C, *(S + padding)).
+
+    Args:
+        keys: the keys to pad together, e.g. ``["moving_image", "fixed_image", "moving_label", "fixed_label"]``.
+        prob: probability of padding a pair.
+        k: the padding of each axis is a multiple of ``k`` (16 keeps SACB-Net's size divisibility).
+        max_multiples: the largest multiple of ``k`` added to one axis.
+        mode: ``torch.nn.functional.pad`` / ``numpy.pad`` mode; "constant" pads with ``value`` (default 0, the
+            background of images normalised to [0, 1] and of label maps), like ``DivisiblePadd`` at inference.
+        allow_missing_keys: don't raise if a key is missing.
+        pad_kwargs: passed to :py:class:`monai.transforms.Pad`, e.g. ``value``.
+
+    Raises:
+        ValueError: ``prob`` outside [0, 1], ``k`` < 1, ``max_multiples`` < 0, or keys of different spatial sizes.
+    """
+
+    backend = Pad.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.5,
+        k: int = 16,
+        max_multiples: int = 2,
+        mode: str = "constant",
+        allow_missing_keys: bool = False,
+        **pad_kwargs: Any,
+    ) -> None:
+        if not 0.0 <= float(prob) <= 1.0:
+            raise ValueError(f"prob must be in [0, 1], got {prob}.")
+        if int(k) != k or k < 1 or int(max_multiples) != max_multiples or max_multiples < 0:
+            raise ValueError(f"k must be an integer >= 1 and max_multiples one >= 0, got k={k}, max_multiples={max_multiples}.")
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.k, self.max_multiples = int(k), int(max_multiples)
+        self.padder = Pad(mode=mode, **pad_kwargs)
+        self._to_pad: list[tuple[int, int]] = []
+
+    def randomize(self, data: Any = None) -> None:
+        """Draws whether to pad and, if so, the padding of each of ``data`` (the number of spatial dims) axes."""
+        super().randomize(None)
+        self._to_pad = [(0, 0)]
+        if not self._do_transform:
+            return
+        for _ in range(int(data)):
+            total = self.k * int(self.R.randint(0, self.max_multiples + 1))
+            before = int(self.R.randint(0, total + 1))
+            self._to_pad.append((before, total - before))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return d
+        sizes = {key: tuple(d[key].shape[1:]) for key in keys}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(
+                f"RandDivisiblePadd pads a pair on one grid, but its keys have different spatial sizes {sizes}: "
+                "resample them onto one grid first (e.g. ResampleToMatchd)."
+            )
+        self.randomize(len(sizes[keys[0]]))
+        if not self._do_transform or not any(sum(p) for p in self._to_pad):
+            return d
+        for key in keys:
+            d[key] = self.padder(d[key], to_pad=self._to_pad)
         return d

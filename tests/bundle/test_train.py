@@ -199,3 +199,50 @@ def test_label_loss_trains_on_the_synthesised_label_maps(tmp_path, bundle_config
     assert set(loss.last_terms) == {"label", "regularization", "loss"}
     assert 0.0 < loss.last_terms["label"].item() < 1.0
     assert (root / "runs" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("extra", [None, "data_default", "data_files"])
+def test_every_training_pipeline_has_the_random_field_of_view(extra, tmp_path, bundle_configs, workflow_of):
+    """--rand_pad_prob reaches the training transforms of each data pipeline (off by default: the main job as before)."""
+    from monai.transforms import Compose
+
+    from monai_sacb.transforms import RandDivisiblePadd
+
+    config = bundle_configs.train if extra is None else [bundle_configs.train, getattr(bundle_configs, extra)]
+    for prob in (None, 0.25):
+        overrides = {} if prob is None else {"rand_pad_prob": prob}
+        workflow = workflow_of(config, "train", bundle_root=str(tmp_path), **overrides)
+        preprocessing = workflow.parser.get_parsed_content("train#preprocessing")
+
+        def flatten(transform):
+            return [t for inner in transform.transforms for t in flatten(inner)] if isinstance(transform, Compose) else [transform]
+
+        pads = [t for t in flatten(preprocessing) if isinstance(t, RandDivisiblePadd)]
+        assert len(pads) == 1 and pads[0].prob == (0.0 if prob is None else prob)
+        assert set(pads[0].keys) == {"moving_image", "fixed_image", "moving_label", "fixed_label"}
+
+
+def test_training_with_a_random_field_of_view(tmp_path, tiny_cache, bundle_configs, tiny_overrides, run_bundle):
+    """--rand_pad_prob 1 trains on pairs padded with background by multiples of 16 voxels (32^3 tiny data)."""
+    root = tmp_path / "bundle"
+    overrides = tiny_overrides(root, tiny_cache, max_epochs=1, num_samples=4, rand_pad_prob=1.0)
+    shapes = []
+
+    def remember(engine):
+        shapes.append(tuple(engine.state.batch["fixed_image"].shape[2:]))
+
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        workflow = ConfigWorkflow(
+            config_file=bundle_configs.tiny_train, meta_file=bundle_configs.meta, workflow_type="train", **overrides
+        )
+        workflow.initialize()
+        workflow.parser.get_parsed_content("train#trainer").add_event_handler(Events.ITERATION_COMPLETED, remember)
+        workflow.run()
+        workflow.finalize()
+    assert len(shapes) == 4 and all(set(s) <= {32, 48, 64} for s in shapes)
+    assert any(s != (32, 32, 32) for s in shapes)  # seeded: the drawn pads are the same on every run
+    assert (root / "models" / "model.pt").is_file()

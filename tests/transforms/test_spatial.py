@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 from monai.networks.blocks import Warp
 
-from monai_sacb.transforms import Warpd
+from monai_sacb.transforms import RandDivisiblePadd, Warpd
 from monai_sacb.transforms.spatial import Warpd as SpatialWarpd
 
 SPATIAL = (12, 10, 8)
@@ -145,3 +145,61 @@ def test_applied_operations_come_from_the_reference(item):
     out = _warp()(item)
     assert out["moving_image"].applied_operations == item["fixed_image"].applied_operations
     assert out["moving_image"].applied_operations is not item["fixed_image"].applied_operations
+
+
+def _pad_item(shape=(1, 16, 32, 16)):
+    affine = torch.diag(torch.tensor([2.0, 3.0, 4.0, 1.0], dtype=torch.float64))
+    affine[:3, 3] = torch.tensor([5.0, -6.0, 7.0], dtype=torch.float64)
+    image = MetaTensor(torch.rand(*shape, generator=torch.Generator().manual_seed(0)) + 0.5, affine=affine)
+    label = MetaTensor(torch.randint(1, 5, shape, dtype=torch.int16), affine=affine.clone())
+    return {"image": image, "label": label}
+
+
+def test_rand_divisible_pad_pads_every_key_alike_by_multiples_of_k():
+    item = _pad_item()
+    pad = RandDivisiblePadd(["image", "label"], prob=1.0, k=16, max_multiples=2)
+    pad.set_random_state(1)
+    totals, befores = set(), set()
+    for _ in range(40):
+        out = pad(item)
+        grown = [o - i for o, i in zip(out["image"].shape[1:], item["image"].shape[1:])]
+        assert out["label"].shape == out["image"].shape and out["label"].dtype == torch.int16
+        assert all(g in (0, 16, 32) for g in grown)
+        # the content sits unchanged at the drawn offset, background (0) everywhere else
+        before = [int(b) for b, _ in pad._to_pad[1:]]
+        crop = tuple(slice(b, b + s) for b, s in zip(before, item["image"].shape[1:]))
+        for key in ("image", "label"):
+            assert torch.equal(out[key].as_tensor()[(slice(None), *crop)], item[key].as_tensor())
+            assert float(out[key].as_tensor().abs().sum()) == pytest.approx(float(item[key].as_tensor().abs().sum()), rel=1e-5)
+            # the world position of every original voxel is unchanged: the origin moved back by `before` voxels
+            expected = item[key].affine[:3, 3] - item[key].affine[:3, :3] @ torch.tensor(before, dtype=torch.float64)
+            assert torch.allclose(out[key].affine[:3, 3], expected)
+        totals.update(grown)
+        befores.update(before)
+    assert totals == {0, 16, 32}  # every allowed size is drawn
+    assert min(befores) == 0 and max(befores) > 16  # offsets anywhere in [0, total]
+
+
+def test_rand_divisible_pad_is_seeded_and_prob_zero_is_the_identity():
+    item = _pad_item()
+    first, second = (RandDivisiblePadd(["image", "label"], prob=0.5) for _ in range(2))
+    first.set_random_state(7)
+    second.set_random_state(7)
+    shapes = [(first(item)["image"].shape, second(item)["image"].shape) for _ in range(10)]
+    assert all(a == b for a, b in shapes)
+    assert len({a for a, _ in shapes}) > 1  # sometimes padded, sometimes not
+    never = RandDivisiblePadd(["image", "label"], prob=0.0)
+    assert all(torch.equal(never(item)["image"].as_tensor(), item["image"].as_tensor()) for _ in range(5))
+
+
+def test_rand_divisible_pad_refuses_bad_arguments_and_pairs_on_two_grids():
+    with pytest.raises(ValueError, match="prob"):
+        RandDivisiblePadd("image", prob=1.5)
+    with pytest.raises(ValueError, match="k must be"):
+        RandDivisiblePadd("image", k=0)
+    with pytest.raises(ValueError, match="max_multiples"):
+        RandDivisiblePadd("image", max_multiples=-1)
+    item = _pad_item()
+    item["label"] = MetaTensor(torch.zeros(1, 16, 32, 32))
+    with pytest.raises(ValueError, match="different spatial sizes.*ResampleToMatchd"):
+        RandDivisiblePadd(["image", "label"], prob=1.0)(item)
