@@ -82,12 +82,18 @@ def _network(kind: str, path: str) -> torch.nn.Module:
 
 
 def _network_method(
-    net: torch.nn.Module, symmetric: bool = False, refine: Callable | None = None, cpu_bfloat16: bool = False
+    net: torch.nn.Module,
+    symmetric: bool = False,
+    refine: Callable | None = None,
+    cpu_bfloat16: bool = False,
+    crop_foreground: bool = False,
 ) -> Callable:
     """Registration by the bundle's inferer: the network, optionally both ways averaged, optionally refined."""
     from monai_sacb.inferers import PairInferer
 
-    inferer = PairInferer(symmetric=symmetric, refine=refine, cpu_bfloat16=cpu_bfloat16)
+    inferer = PairInferer(
+        symmetric=symmetric, refine=refine, cpu_bfloat16=cpu_bfloat16, crop_foreground=crop_foreground
+    )
 
     def register(moving: torch.Tensor, fixed: torch.Tensor) -> dict:
         with torch.no_grad():
@@ -180,34 +186,45 @@ def main() -> None:
         action="store_true",
         help="add SACBNet rows with the network under CPU bfloat16 autocast (PairInferer(cpu_bfloat16=True))",
     )
+    parser.add_argument(
+        "--crop_foreground",
+        action="store_true",
+        help="register inside the box of each pair's foreground (PairInferer(crop_foreground=True), the bundle's "
+        "default) in every network row",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
 
     pairs = _load_pairs(args)
     methods: dict[str, Callable] = {"identity": _identity}
+    crop = args.crop_foreground
     holder: dict = {}
     if args.ants:
         methods["ANTs SyN (defaults)"] = _ants_method(holder)
     if args.voxelmorph:
         voxelmorph = _network("voxelmorph", args.voxelmorph)
-        methods["VoxelMorph (same recipe)"] = _network_method(voxelmorph)
-        methods["VoxelMorph, symmetric"] = _network_method(voxelmorph, symmetric=True)
+        methods["VoxelMorph (same recipe)"] = _network_method(voxelmorph, crop_foreground=crop)
+        methods["VoxelMorph, symmetric"] = _network_method(voxelmorph, symmetric=True, crop_foreground=crop)
     if args.model and Path(args.model).is_file():
         sacbnet = _network("sacbnet", args.model)
-        methods["SACBNet"] = _network_method(sacbnet)
-        methods["SACBNet, symmetric (bundle default)"] = _network_method(sacbnet, symmetric=True)
+
+        def sacbnet_method(symmetric=False, refine=None, cpu_bfloat16=False):
+            return _network_method(sacbnet, symmetric, refine, cpu_bfloat16, crop_foreground=crop)
+
+        methods["SACBNet"] = sacbnet_method()
+        methods["SACBNet, symmetric (bundle default)"] = sacbnet_method(symmetric=True)
         if args.io_steps != "0":
             from monai_sacb.inferers import InstanceOptimization
 
             steps = json.loads(args.io_steps) if args.io_steps != "default" else None
             io = InstanceOptimization() if steps is None else InstanceOptimization(steps=steps)
-            methods["SACBNet, symmetric + instance optimisation"] = _network_method(sacbnet, True, io)
+            methods["SACBNet, symmetric + instance optimisation"] = sacbnet_method(True, io)
         if args.cpu_bfloat16:
-            methods["SACBNet, bfloat16"] = _network_method(sacbnet, cpu_bfloat16=True)
-            methods["SACBNet, symmetric, bfloat16"] = _network_method(sacbnet, True, cpu_bfloat16=True)
+            methods["SACBNet, bfloat16"] = sacbnet_method(cpu_bfloat16=True)
+            methods["SACBNet, symmetric, bfloat16"] = sacbnet_method(True, cpu_bfloat16=True)
             if args.io_steps != "0":
-                methods["SACBNet, symmetric, bfloat16 + instance optimisation"] = _network_method(sacbnet, True, io, True)
+                methods["SACBNet, symmetric, bfloat16 + instance optimisation"] = sacbnet_method(True, io, True)
 
     results: dict[str, list[dict]] = {name: [] for name in methods}
     for index, pair in enumerate(pairs):

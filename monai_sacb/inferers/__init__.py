@@ -17,7 +17,7 @@ from .instance_optimization import (
     resize_ddf,
     resize_image,
 )
-from .pair import PairInferer, symmetric_ddf
+from .pair import PairInferer, foreground_box, symmetric_ddf
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -26,6 +26,7 @@ __all__ = [
     "InstanceOptimization",
     "PairInferer",
     "finetune_network",
+    "foreground_box",
     "level_shape",
     "refine_ddf",
     "resize_ddf",

@@ -151,7 +151,9 @@ class RandDivisiblePadd(RandomizableTransform, MapTransform):
         if not 0.0 <= float(prob) <= 1.0:
             raise ValueError(f"prob must be in [0, 1], got {prob}.")
         if int(k) != k or k < 1 or int(max_multiples) != max_multiples or max_multiples < 0:
-            raise ValueError(f"k must be an integer >= 1 and max_multiples one >= 0, got k={k}, max_multiples={max_multiples}.")
+            raise ValueError(
+                f"k must be an integer >= 1 and max_multiples one >= 0, got k={k}, max_multiples={max_multiples}."
+            )
         RandomizableTransform.__init__(self, prob)
         MapTransform.__init__(self, keys, allow_missing_keys)
         self.k, self.max_multiples = int(k), int(max_multiples)

@@ -209,7 +209,7 @@ def test_summary_and_report_table(evaluation, bundle_configs):
         f"{m['identity_assd']['mean']:.2f} ± {m['identity_assd']['std']:.2f} | - | - | - |"
     )
     cells = [c.strip() for c in method.strip("|").split("|")]
-    assert cells[0] == f"SACB-Net, symmetric, instance optimisation {IO_STEPS} steps"
+    assert cells[0] == f"SACB-Net, symmetric, cropped to the foreground, instance optimisation {IO_STEPS} steps"
     assert cells[1] == f"{m['dice']['mean']:.3f} ± {m['dice']['std']:.3f}"
     assert cells[4] == f"{m['percent_folding']['mean']:.3f} ± {m['percent_folding']['std']:.3f}"
     assert cells[6] == f"{m['seconds']['mean']:.2f} ± {m['seconds']['std']:.2f}"

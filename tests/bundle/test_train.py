@@ -215,7 +215,9 @@ def test_every_training_pipeline_has_the_random_field_of_view(extra, tmp_path, b
         preprocessing = workflow.parser.get_parsed_content("train#preprocessing")
 
         def flatten(transform):
-            return [t for inner in transform.transforms for t in flatten(inner)] if isinstance(transform, Compose) else [transform]
+            if not isinstance(transform, Compose):
+                return [transform]
+            return [t for inner in transform.transforms for t in flatten(inner)]
 
         pads = [t for t in flatten(preprocessing) if isinstance(t, RandDivisiblePadd)]
         assert len(pads) == 1 and pads[0].prob == (0.0 if prob is None else prob)
@@ -246,3 +248,18 @@ def test_training_with_a_random_field_of_view(tmp_path, tiny_cache, bundle_confi
     assert len(shapes) == 4 and all(set(s) <= {32, 48, 64} for s in shapes)
     assert any(s != (32, 32, 32) for s in shapes)  # seeded: the drawn pads are the same on every run
     assert (root / "models" / "model.pt").is_file()
+
+
+def test_every_inferer_crops_to_the_foreground_unless_told_not_to(tmp_path, bundle_configs, workflow_of):
+    """--crop_foreground (default on) reaches the training, validation and inference inferers; training pads with
+    --rand_pad_prob only reach the network when training does not crop them away again."""
+    cases = [({}, True, True), ({"rand_pad_prob": 0.5}, False, True), ({"crop_foreground": False}, False, False)]
+    for overrides, train_crops, validation_crops in cases:
+        workflow = workflow_of(bundle_configs.train, "train", bundle_root=str(tmp_path), **overrides)
+        assert workflow.parser.get_parsed_content("train#inferer").crop_foreground is train_crops
+        assert workflow.parser.get_parsed_content("validate#inferer").crop_foreground is validation_crops
+    for config in (bundle_configs.inference, str(bundle_configs.root / "configs" / "evaluate.json")):
+        for value in (True, False):
+            overrides = {} if value else {"crop_foreground": False}
+            workflow = workflow_of(config, "infer", bundle_root=str(tmp_path), **overrides)
+            assert workflow.parser.get_parsed_content("inferer").crop_foreground is value

@@ -11,7 +11,7 @@ import torch
 from monai.networks.blocks import Warp
 
 import monai_sacb.inferers.pair as pair_module
-from monai_sacb.inferers import PairInferer, symmetric_ddf
+from monai_sacb.inferers import PairInferer, foreground_box, symmetric_ddf
 from monai_sacb.networks import SACBNet, SACBNetBackbone
 
 
@@ -220,3 +220,92 @@ def test_describe_names_what_the_inferer_adds():
     assert refined.describe() == "SACB-Net, symmetric, instance optimisation [0, 50, 10] steps"
     assert PairInferer(refine=InstanceOptimization(steps=[0, 0, 0])).describe() == "SACB-Net"
     assert PairInferer(refine=lambda m, f, d: d).describe() == "SACB-Net, refined by function"
+
+
+# --------------------------------------------------------------------------------------------------- foreground crop
+
+
+def _block(shape=(64, 48, 32), low=(10, 5, 3), high=(20, 30, 9), batch=1, channels=2):
+    image = torch.zeros(batch, channels, *shape)
+    image[(slice(None), slice(None), *(slice(a, b) for a, b in zip(low, high)))] = 1.0
+    return image
+
+
+def test_foreground_box_rounds_to_multiples_of_16_around_the_foreground():
+    # foreground 10..19, 5..29, 3..8; with 2 voxels of margin 8..21 (14 -> 16), 3..31 (29 -> 32), 1..10 (10 -> 16,
+    # centred at -2, moved inside the image to 0)
+    assert foreground_box(_block(), margin=2) == (slice(7, 23), slice(2, 34), slice(0, 16))
+    assert foreground_box(_block()) == (slice(7, 23), slice(2, 34), slice(0, 16))  # margin 0: rounding alone
+    # 4 voxels: 6..23 (18 -> 32, moved inside to 0), 1..33 (33 -> 48, the whole axis), 0..12 (13 -> 16)
+    assert foreground_box(_block(), margin=4) == (slice(0, 32), slice(0, 48), slice(0, 16))
+    # the box holds the foreground of every sample and channel
+    image = _block(batch=2)
+    image[1, 0, 50, 40, 20] = 3.0
+    assert foreground_box(image, margin=2) == (slice(7, 55), slice(0, 48), slice(0, 32))
+    # the background is each image's minimum, whatever its value (e.g. z-scored images)
+    assert foreground_box(_block() * 2.0 - 0.7, margin=2) == foreground_box(_block(), margin=2)
+
+
+def test_foreground_box_is_the_whole_grid_without_background():
+    whole = (slice(0, 64), slice(0, 48), slice(0, 32))
+    assert foreground_box(torch.rand(1, 2, 64, 48, 32)) == whole  # noise everywhere: nothing to crop
+    assert foreground_box(torch.zeros(1, 2, 64, 48, 32)) == whole  # no foreground at all
+    with pytest.raises(ValueError, match="margin"):
+        foreground_box(torch.zeros(1, 2, 16, 16, 16), margin=-1)
+
+
+class _Recorder(torch.nn.Module):
+    """A 'network' that remembers the shapes it saw and predicts a field that varies along every axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def forward(self, pair):
+        self.shapes.append(tuple(pair.shape[2:]))
+        grids = torch.meshgrid(*(torch.linspace(-1.0, 1.0, s) for s in pair.shape[2:]), indexing="ij")
+        return torch.stack([0.5 * grids[0] + 0.3 * grids[2], 0.2 * grids[1], -0.4 * grids[0] * grids[1]])[None].expand(
+            pair.shape[0], -1, -1, -1, -1
+        )
+
+
+def test_crop_foreground_registers_inside_the_box_and_extends_the_field_outside():
+    inputs = _block() + 0.1 * torch.rand(1, 2, 64, 48, 32) * _block()
+    net = _Recorder()
+    out = PairInferer(crop_foreground=True, crop_margin=2)(inputs, net)
+    assert net.shapes == [(16, 32, 16)]
+    box = (slice(None), slice(None), slice(7, 23), slice(2, 34), slice(0, 16))
+    inside = net(inputs[box])
+    assert out["ddf"].shape == (1, 3, 64, 48, 32)
+    torch.testing.assert_close(out["ddf"][box], inside)
+    # outside the box the field takes its value at the nearest face of the box
+    torch.testing.assert_close(out["ddf"][:, :, :7, 2:34, :16], inside[:, :, :1].expand(-1, -1, 7, -1, -1))
+    torch.testing.assert_close(out["ddf"][:, :, 7:23, 34:, :16], inside[:, :, :, -1:].expand(-1, -1, -1, 14, -1))
+    torch.testing.assert_close(out["ddf"][:, :, 7:23, 2:34, 16:], inside[:, :, :, :, -1:].expand(-1, -1, -1, -1, 16))
+    # the moving image is warped on the whole grid
+    expected = Warp(mode="bilinear", padding_mode="border")(inputs[:, :1], out["ddf"])
+    torch.testing.assert_close(out["warped_image"], expected)
+    # nothing to crop: the network sees the whole grid, as without the option
+    net.shapes.clear()
+    full = torch.rand(1, 2, 32, 32, 16)
+    torch.testing.assert_close(PairInferer(crop_foreground=True)(full, net)["ddf"], PairInferer()(full, net)["ddf"])
+    assert net.shapes == [(32, 32, 16), (32, 32, 16)]
+
+
+def test_crop_foreground_undoes_background_padding_for_sacbnet():
+    """A pair padded with background is registered exactly like the pair itself (the box is the original grid)."""
+    torch.manual_seed(0)
+    backbone = SACBNetBackbone(base_channels=2, kmeans_iters=2).eval()
+    pair = torch.rand(1, 2, 32, 32, 16) + 0.1
+    padded = torch.nn.functional.pad(pair, [16, 16, 0, 32, 16, 0])  # (48, 64, 48)
+    inferer = PairInferer(symmetric=True, crop_foreground=True)
+    with torch.no_grad():
+        direct = PairInferer(symmetric=True)(pair, backbone)["ddf"]
+        cropped = inferer(padded, backbone)["ddf"]
+        uncropped = PairInferer(symmetric=True)(padded, backbone)["ddf"]
+    original = (slice(None), slice(None), slice(16, 48), slice(0, 32), slice(16, 32))
+    torch.testing.assert_close(cropped[original], direct)
+    assert not torch.allclose(uncropped[original], direct, atol=1e-3)  # the background changes the network's field
+    assert inferer.describe() == "SACB-Net, symmetric, cropped to the foreground"
+    with pytest.raises(ValueError, match="crop_margin"):
+        PairInferer(crop_margin=-2)
