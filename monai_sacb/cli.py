@@ -415,6 +415,12 @@ def _print_files(title: str, files: Sequence[Path]) -> None:
 # ------------------------------------------------------------------------------------------- subcommands
 
 
+NO_CROP_HELP = (
+    "register the whole grid instead of the box of the images' foreground (voxels above each image's minimum); "
+    "the shipped weights register better inside the box"
+)
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     bundle = find_bundle(args.bundle_dir)
     config = _config(bundle, "inference.json", "inference workflow")
@@ -428,6 +434,7 @@ def cmd_register(args: argparse.Namespace) -> int:
         ckpt_path=_model_path(args, bundle),
         output_dir=str(Path(os.path.expanduser(args.output_dir)).absolute()),
         symmetric=not args.no_symmetric,
+        crop_foreground=not args.no_crop,
     )
     if args.io_steps is not None:
         overrides["io_steps"] = args.io_steps
@@ -497,6 +504,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overrides["spacing"] = args.spacing
     if args.no_symmetric:
         overrides["symmetric"] = False
+    if args.no_crop:
+        overrides["crop_foreground"] = False
     if args.intensity is not None:
         overrides["intensity"] = None if args.intensity == "none" else args.intensity
     if sys.stderr.isatty():
@@ -644,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one forward pass instead of both ways averaged (faster, less accurate)",
     )
+    reg.add_argument("--no-crop", action="store_true", help=NO_CROP_HELP)
     reg.add_argument(
         "--spacing",
         metavar="MM",
@@ -718,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-pairs", metavar="N", type=_positive_int, help="evaluate at most N pairs")
     ev.add_argument("--spacing", metavar="MM", type=_spacing, help="voxel size in mm to resample to")
     ev.add_argument("--no-symmetric", action="store_true", help="one forward pass instead of both ways averaged")
+    ev.add_argument("--no-crop", action="store_true", help=NO_CROP_HELP)
     ev.add_argument(
         "--intensity",
         choices=("percentile", "minmax", "zscore", "none"),

@@ -327,3 +327,27 @@ def test_console_script_and_module_entry_points():
         pytest.skip("the package is not installed (pip install -e .): no console script")
     result = subprocess.run([script, "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("monai-sacb ")
+
+
+@pytest.mark.parametrize("command", ["register", "evaluate"])
+def test_no_crop_registers_the_whole_grid(command, pair, tmp_path, capsys, monkeypatch):
+    """--no-crop turns the bundle's foreground crop off (crop_foreground False); without it the config's default holds."""
+    import monai_sacb.cli as cli
+
+    seen = []
+
+    def fake_run(bundle, configs, overrides, *args, **kwargs):
+        seen.append(dict(overrides))
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out" / f"written_{len(seen)}.nii.gz").write_bytes(b"")
+
+    monkeypatch.setattr(cli, "run_workflow", fake_run)
+    if command == "register":
+        argv = ["register", pair["moving"], pair["fixed"], "-o", str(tmp_path / "out"), "--model", pair["model"]]
+    else:
+        argv = ["evaluate", "--model", pair["model"], "--output-dir", str(tmp_path / "out")]
+    _run(capsys, *argv)
+    _run(capsys, *argv, "--no-crop")
+    assert len(seen) == 2
+    assert seen[0].get("crop_foreground", True) is True
+    assert seen[1]["crop_foreground"] is False
