@@ -114,9 +114,9 @@ class PairInferer(Inferer):
             ``crop_margin``) and extend the field outside the box by its values on the box's faces (replicate
             padding). SACB-Net's instance norms and k-means see the whole volume, so a network trained on tightly
             cropped images registers worse when the images carry more background: on held-out pairs padded from
-            80x96x80 to 112x128x112 with background, the shipped model's held-out Dice (one pass) falls from 0.619
-            to 0.559 and SDlogJ rises from 0.29 to 0.53; cropped, the network sees what it was trained on and runs
-            on fewer voxels (docs/accuracy.md, "Field of view"). The moving image is warped on the whole grid.
+            80x96x80 to 112x128x112 with background, the 0.6.0 weights' Dice (one pass) fell from 0.622 to 0.564
+            and SDlogJ rose from 0.30 to 0.54; cropped, the network sees what it was trained on and runs on fewer
+            voxels (docs/accuracy.md, "Field of view"). The moving image is warped on the whole grid.
         crop_margin: voxels of background kept around the foreground before the box is rounded up to multiples
             of 16 (which adds 0-15 voxels per axis). 0 by default: the training images of the shipped model have
             their brain within 1-4 voxels of the border and no exact background.
