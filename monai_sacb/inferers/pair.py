@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from monai.inferers import Inferer
 from torch.nn import functional as F
+
+from monai.inferers import Inferer
 
 from monai_sacb.networks.blocks.warp import warp_with_ddf
 
