@@ -11,6 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from monai.inferers import Inferer
+from monai.transforms.utils import compute_divisible_spatial_size, generate_spatial_bounding_box
 
 from monai_sacb.networks.blocks.warp import warp_with_ddf
 
@@ -69,14 +70,14 @@ def foreground_box(inputs: torch.Tensor, margin: int = 0, k: int = 16) -> tuple[
         raise ValueError(f"margin must be >= 0 and k >= 1, got margin={margin}, k={k}.")
     spatial = tuple(inputs.shape[2:])
     minimum = inputs.detach().flatten(2).amin(2).view(*inputs.shape[:2], *(1,) * len(spatial))
-    foreground = (inputs.detach() > minimum).flatten(0, 1).any(0)  # (*S)
+    foreground = (inputs.detach() > minimum).flatten(0, 1).any(0, keepdim=True)  # (1, *S)
     if not bool(foreground.any()):
         return tuple(slice(0, n) for n in spatial)
+    lows, highs = generate_spatial_bounding_box(foreground, lambda x: x, margin=int(margin), allow_smaller=True)
+    sizes = compute_divisible_spatial_size([high - low for low, high in zip(lows, highs)], int(k))
     box = []
-    for axis, n in enumerate(spatial):
-        present = torch.nonzero(foreground.any(dim=tuple(a for a in range(len(spatial)) if a != axis))).flatten()
-        low, high = max(int(present[0]) - int(margin), 0), min(int(present[-1]) + 1 + int(margin), n)
-        size = min(-(-(high - low) // int(k)) * int(k), n)
+    for low, high, size, n in zip(lows, highs, sizes, spatial):
+        size = min(int(size), n)
         start = min(max(low - (size - (high - low)) // 2, 0), n - size)
         box.append(slice(start, start + size))
     return tuple(box)
