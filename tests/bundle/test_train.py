@@ -251,9 +251,9 @@ def test_training_with_a_random_field_of_view(tmp_path, tiny_cache, bundle_confi
 
 
 def test_every_inferer_crops_to_the_foreground_unless_told_not_to(tmp_path, bundle_configs, workflow_of):
-    """--crop_foreground (default on) reaches the validation and inference inferers; training registers whole grids
-    (so that --rand_pad_prob's background reaches the network)."""
-    cases = [({}, False, True), ({"rand_pad_prob": 0.5}, False, True), ({"crop_foreground": False}, False, False)]
+    """--crop_foreground reaches the validation (default off) and inference (default on) inferers; training registers
+    whole grids (so that --rand_pad_prob's background reaches the network)."""
+    cases = [({}, False, False), ({"rand_pad_prob": 0.5}, False, False), ({"crop_foreground": True}, False, True)]
     for overrides, train_crops, validation_crops in cases:
         workflow = workflow_of(bundle_configs.train, "train", bundle_root=str(tmp_path), **overrides)
         assert workflow.parser.get_parsed_content("train#inferer").crop_foreground is train_crops
