@@ -61,11 +61,13 @@ def _build_regularization(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
 
 class RegistrationLoss(nn.Module):
     """
-    The unsupervised registration objective of SACB-Net, optionally with a label-overlap term::
+    The unsupervised registration objective of SACB-Net, optionally with a label-overlap term and a zero-motion
+    term for pairs known to need no motion::
 
         loss = similarity_weight * similarity(warped, fixed)
                + label_weight * label_dice(moving_label warped by ddf, fixed_label)
                + reg_weight * regularization(ddf)
+               + zero_motion_weight * mean_b(same_geometry_b * mean_p |ddf_b(p)|^2)
 
     With the defaults this is the paper's loss: negated squared local normalised cross-correlation in a
     9x9x9 window (:py:class:`monai_sacb.losses.FastLocalNormalizedCrossCorrelationLoss`, the values of MONAI's
@@ -99,15 +101,22 @@ class RegistrationLoss(nn.Module):
             ``forward``). Defaults to 0.0 (unsupervised, the paper's loss).
         label_kwargs: extra arguments for :py:class:`~monai_sacb.losses.WarpedLabelDiceLoss`, e.g.
             ``{"max_labels": 16}``.
+        zero_motion_weight: weight (>= 0) of the mean squared displacement (voxels^2) of the pairs flagged as
+            sharing one geometry (``same_geometry``: 1 for a pair whose two sides show the same anatomy in the same
+            place, e.g. :py:class:`monai_sacb.transforms.RandLabelSynthPaird`'s ``same_geometry_key``, else 0),
+            averaged over the batch. The similarity and label terms are flat in regions without contrast and the
+            diffusion term ignores a constant shift, so nothing else teaches a network that identical anatomy needs
+            no motion. Defaults to 0.0.
 
-    After each call, ``last_terms`` holds the detached parts ``{"similarity", "label", "regularization",
+    After each call, ``last_terms`` holds the detached parts ``{"similarity", "label", "zero_motion", "regularization",
     "loss"}`` (0-dim tensors; a term whose weight is 0 is not computed and not listed) so that a trainer can log them.
 
     Use with ``monai.engines.SupervisedTrainer``: the trainer calls ``loss_function(pred, targets)``; when the
     network returns ``(warped, ddf)`` and ``targets`` is the fixed image, pass the tuple as the first argument
     and leave ``ddf`` out: ``loss((warped, ddf), fixed)`` equals ``loss(warped, fixed, ddf)``. With a label term,
     ``targets`` is the dictionary ``{"fixed_image", "moving_label", "fixed_label"}`` that
-    ``PreparePairBatch(target_key=["fixed_image", "moving_label", "fixed_label"])`` makes.
+    ``PreparePairBatch(target_key=["fixed_image", "moving_label", "fixed_label"])`` makes; with a zero-motion term
+    it holds ``"same_geometry"`` too.
     """
 
     def __init__(
@@ -121,9 +130,15 @@ class RegistrationLoss(nn.Module):
         similarity_weight: float = 1.0,
         label_weight: float = 0.0,
         label_kwargs: Mapping[str, Any] | None = None,
+        zero_motion_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        weights = {"reg_weight": reg_weight, "similarity_weight": similarity_weight, "label_weight": label_weight}
+        weights = {
+            "reg_weight": reg_weight,
+            "similarity_weight": similarity_weight,
+            "label_weight": label_weight,
+            "zero_motion_weight": zero_motion_weight,
+        }
         for name, weight in weights.items():
             if weight < 0:
                 raise ValueError(f"{name} must be >= 0, got {weight}.")
@@ -137,6 +152,7 @@ class RegistrationLoss(nn.Module):
         self.reg_weight = float(reg_weight)
         self.similarity_weight = float(similarity_weight)
         self.label_weight = float(label_weight)
+        self.zero_motion_weight = float(zero_motion_weight)
         self.spatial_dims = spatial_dims
         self.last_terms: dict[str, torch.Tensor] = {}
 
@@ -147,6 +163,7 @@ class RegistrationLoss(nn.Module):
         ddf: torch.Tensor | None = None,
         moving_label: torch.Tensor | None = None,
         fixed_label: torch.Tensor | None = None,
+        same_geometry: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -157,6 +174,7 @@ class RegistrationLoss(nn.Module):
                 label term, ``"moving_label"`` and ``"fixed_label"`` (the targets of a training engine).
             ddf: displacement field in voxels, shape (B, spatial_dims, *spatial).
             moving_label, fixed_label: (B, 1, *spatial) label maps, needed when ``label_weight > 0``.
+            same_geometry: (B,) flags, 1 for a pair that needs no motion, needed when ``zero_motion_weight > 0``.
 
         Returns:
             the scalar loss (0-dim tensor).
@@ -181,6 +199,7 @@ class RegistrationLoss(nn.Module):
             fixed = targets.get("fixed_image")
             moving_label = targets.get("moving_label", moving_label)
             fixed_label = targets.get("fixed_label", fixed_label)
+            same_geometry = targets.get("same_geometry", same_geometry)
         terms: dict[str, torch.Tensor] = {}
         loss = ddf.new_zeros(())
         if self.similarity_weight > 0:
@@ -199,6 +218,20 @@ class RegistrationLoss(nn.Module):
             dice = self.label_loss(moving_label, fixed_label, ddf)
             loss = loss + self.label_weight * dice
             terms["label"] = dice.detach()
+        if self.zero_motion_weight > 0:
+            if same_geometry is None:
+                raise ValueError(
+                    "zero_motion_weight > 0 needs the same_geometry flags of the pairs: only synthesised pairs have "
+                    "them (RandLabelSynthPaird(same_geometry_key='same_geometry') and 'same_geometry' among "
+                    "PreparePairBatch's target keys; the bundle does both for the synth data format). Set "
+                    "zero_motion_weight to 0 for other data."
+                )
+            flags = torch.as_tensor(same_geometry, dtype=ddf.dtype, device=ddf.device).reshape(-1)
+            if flags.numel() != ddf.shape[0]:
+                raise ValueError(f"same_geometry has {flags.numel()} flags for a batch of {ddf.shape[0]} pairs.")
+            motion = (flags * ddf.pow(2).sum(1).flatten(1).mean(1)).mean()
+            loss = loss + self.zero_motion_weight * motion
+            terms["zero_motion"] = motion.detach()
         reg = self.regularization(ddf)
         loss = loss + self.reg_weight * reg
         terms["regularization"] = reg.detach()

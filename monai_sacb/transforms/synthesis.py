@@ -243,6 +243,9 @@ class RandLabelSynthPaird(RandomizableTransform, MapTransform):
         gamma_range: range of the exponent of ``x ** gamma``.
         noise_std_range: range of the standard deviation of additive Gaussian noise (image in [0, 1]).
         ddf_keys: optional output keys ``(moving, fixed)`` of the two source deformations.
+        same_geometry_key: optional output key of a 0-dim float32 flag, 1.0 when both sides share one deformation
+            (the pair needs no motion; :py:class:`monai_sacb.losses.RegistrationLoss`'s ``zero_motion_weight``
+            reads it), else 0.0.
         keep_source: keep the input keys in the output.
         spacing: voxel size of the label maps in mm. The lengths ``scales``, ``affine_translation`` and
             ``bias_field_spacing`` are then read as voxels of ``REFERENCE_SPACING`` (2 mm, the bundle's grid) and
@@ -270,6 +273,7 @@ class RandLabelSynthPaird(RandomizableTransform, MapTransform):
         gamma_range: Sequence[float] = (0.75, 1.33),
         noise_std_range: Sequence[float] = (0.0, 0.03),
         ddf_keys: Sequence[str] | None = None,
+        same_geometry_key: str | None = None,
         keep_source: bool = False,
         spacing: float | None = None,
     ) -> None:
@@ -293,6 +297,7 @@ class RandLabelSynthPaird(RandomizableTransform, MapTransform):
         self.gamma_range = tuple(gamma_range)
         self.noise_std_range = tuple(noise_std_range)
         self.ddf_keys = tuple(ddf_keys) if ddf_keys is not None else None
+        self.same_geometry_key = same_geometry_key
         self.keep_source = keep_source
 
     def randomize(self, data: Any = None) -> None:
@@ -365,6 +370,8 @@ class RandLabelSynthPaird(RandomizableTransform, MapTransform):
         if self.ddf_keys is not None:
             for key, ddf in zip(self.ddf_keys, ddfs):
                 d[key] = ddf
+        if self.same_geometry_key:
+            d[self.same_geometry_key] = torch.tensor(1.0 if same else 0.0)
         if not self.keep_source:
             for key in self.keys:
                 d.pop(key, None)

@@ -190,14 +190,24 @@ def test_main_job_data_trains_and_validates_on_held_out_anatomy(tmp_path, bundle
     assert not (root / "models").exists()  # the shipped model's folder is never written by training
 
 
-def test_label_loss_trains_on_the_synthesised_label_maps(tmp_path, bundle_configs, tiny_overrides, run_bundle):
-    """--label_weight adds the soft Dice of the warped training label maps; --similarity_weight 0 leaves it alone."""
+def test_label_and_zero_motion_losses_train_on_the_synthesised_pairs(
+    tmp_path, bundle_configs, tiny_overrides, run_bundle
+):
+    """--label_weight adds the soft Dice of the warped training label maps; --similarity_weight 0 leaves it alone;
+    --zero_motion_weight penalises the motion of pairs that share one deformation (flagged by RandLabelSynthPaird;
+    here every pair is one)."""
     root = tmp_path / "bundle"
     overrides = tiny_overrides(root, tmp_path / "cache", max_epochs=1, num_samples=2, ckpt_dir=str(root / "runs"))
-    workflow = run_bundle(bundle_configs.train, similarity_weight=0.0, label_weight=1.0, **overrides)
+    overrides["train#preprocessing#transforms#1#same_geometry_prob"] = 1.0
+    workflow = run_bundle(
+        bundle_configs.train, similarity_weight=0.0, label_weight=1.0, zero_motion_weight=1.0, **overrides
+    )
     loss = workflow.parser.get_parsed_content("loss")
-    assert set(loss.last_terms) == {"label", "regularization", "loss"}
+    assert set(loss.last_terms) == {"label", "zero_motion", "regularization", "loss"}
     assert 0.0 < loss.last_terms["label"].item() < 1.0
+    assert loss.last_terms["zero_motion"].item() > 0.0
+    target_key = workflow.parser.get_parsed_content("train#prepare_batch").target_key
+    assert target_key == ["fixed_image", "moving_label", "fixed_label", "same_geometry"]
     assert (root / "runs" / "model.pt").is_file()
 
 

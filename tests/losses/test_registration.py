@@ -219,3 +219,39 @@ def test_every_listed_name_builds():
 def test_paper_reg_weights():
     # the lambda of the SACB-Net paper per data set
     assert PAPER_REG_WEIGHTS == {"ixi": 3.0, "lpba": 1.0, "abdomen_ct": 0.3}
+
+
+def test_zero_motion_term_penalises_only_the_flagged_pairs(images):
+    """zero_motion_weight adds the weighted mean squared displacement of the pairs flagged as needing no motion."""
+    torch.manual_seed(1)
+    ddf = torch.randn(2, 3, 16, 16, 16)
+    fixed, warped = images, images.flip(0)
+    plain = RegistrationLoss(reg_weight=1.5)
+    zero = RegistrationLoss(reg_weight=1.5, zero_motion_weight=4.0)
+    flags = torch.tensor([0.0, 1.0])
+    value = zero((warped, ddf), {"fixed_image": fixed, "same_geometry": flags})
+    # only the second pair counts, its mean over voxels of |u|^2 halved by the batch mean
+    expected = sum(float(ddf[1, c].pow(2).mean()) for c in range(3)) / 2
+    assert zero.last_terms["zero_motion"].item() == pytest.approx(expected, rel=1e-5)
+    assert value.item() == pytest.approx(plain(warped, fixed, ddf).item() + 4.0 * expected, rel=1e-5)
+    assert set(zero.last_terms) == {"similarity", "zero_motion", "regularization", "loss"}
+    # no flagged pair: the plain loss; the flags as an argument
+    none = zero(warped, fixed, ddf, same_geometry=torch.zeros(2))
+    assert none.item() == pytest.approx(plain(warped, fixed, ddf).item(), abs=1e-6)
+    # the gradient: u / N_voxels on the flagged pair (d/du of half the batch mean of mean |u|^2), none on the other
+    ddf.requires_grad_(True)
+    only = RegistrationLoss(reg_weight=0.0, zero_motion_weight=1.0)
+    only(warped, fixed, ddf, same_geometry=flags).backward()
+    torch.testing.assert_close(ddf.grad[1], ddf[1].detach() / 16**3, rtol=1e-5, atol=1e-9)
+    assert torch.count_nonzero(ddf.grad[0]) == 0
+
+
+def test_zero_motion_term_needs_the_flags():
+    loss = RegistrationLoss(zero_motion_weight=1.0)
+    pair = (torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8), torch.zeros(1, 3, 8, 8, 8))
+    with pytest.raises(ValueError, match="zero_motion_weight > 0 needs the same_geometry flags"):
+        loss(*pair)
+    with pytest.raises(ValueError, match="2 flags for a batch of 1"):
+        loss(*pair, same_geometry=torch.ones(2))
+    with pytest.raises(ValueError, match="zero_motion_weight must be >= 0"):
+        RegistrationLoss(zero_motion_weight=-1.0)

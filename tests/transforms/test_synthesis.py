@@ -120,6 +120,18 @@ def test_same_geometry_pairs_share_the_deformation():
     assert torch.equal(out["moving_label"], out["fixed_label"])
 
 
+@pytest.mark.parametrize("same_geometry_prob, flag", [(1.0, 1.0), (0.0, 0.0)])
+def test_same_geometry_flag(same_geometry_prob, flag):
+    """same_geometry_key flags the pairs that need no motion (RegistrationLoss's zero-motion term reads it)."""
+    label = MetaTensor(_labels().float(), affine=torch.eye(4))
+    maker = RandLabelSynthPaird(same_geometry_prob=same_geometry_prob, same_geometry_key="same_geometry")
+    out = maker.set_random_state(0)({"label": label})
+    assert out["same_geometry"].dtype == torch.float32 and out["same_geometry"].shape == ()
+    assert out["same_geometry"].item() == flag
+    assert torch.equal(out["moving_label"], out["fixed_label"]) == bool(flag)
+    assert "same_geometry" not in _pair()[0]  # no key unless asked for
+
+
 def test_synthetic_images_follow_their_labels():
     # no blur, noise, bias or gamma: every label region of an image has one intensity, the same on both sides
     out, _, _ = _pair(
