@@ -1,3 +1,3 @@
 """SACB-Net as MONAI components."""
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
