@@ -328,7 +328,7 @@ def test_apply_itk_displacement_on_the_field_grid_equals_the_transform_route(nea
     """
     On the field's own grid apply_itk_displacement uses itk.WarpImageFilter, elsewhere DisplacementFieldTransform +
     ResampleImageFilter (what antsApplyTransforms runs). Both routes give the same voxels: oblique grids of
-    different geometry, random fields, and exact ties (a moving grid half a voxel off, zero and half-voxel fields).
+    different geometry, random fields, exact ties (a moving grid half a voxel off, zero and half-voxel fields), 2D.
     """
     from monai_sacb.transforms import displacement
 
@@ -360,6 +360,22 @@ def test_apply_itk_displacement_on_the_field_grid_equals_the_transform_route(nea
     fine_vectors = itk.image_from_array(np.full((10, 12, 8, 3), 0.1, np.float64), is_vector=True)
     assert displacement._float32_vector_field(displacement._itk_displacement_field(fine_vectors)) is None
     assert itk.array_from_image(apply_itk_displacement(moving, fine_vectors, nearest=nearest)).shape == (10, 12, 8)
+    # 2D: the same
+    labels = rng.integers(0, 6, (9, 11)).astype(np.float64 if nearest else np.float32)
+    moving = itk.image_from_array(labels)
+    moving.SetOrigin([0.3, -1.0])
+    moving.SetSpacing([1.3, 0.9])
+    vectors = rng.normal(0, 1.5, (10, 12, 2)).astype(np.float32)
+    field = itk.image_from_array(vectors, ttype=itk.Image[itk.Vector[itk.F, 2], 2])
+    field.SetSpacing([1.1, 1.2])
+    ours = itk.array_from_image(apply_itk_displacement(moving, field, nearest=nearest, default_value=9.0))
+    interpolator = (
+        itk.NearestNeighborInterpolateImageFunction if nearest else itk.LinearInterpolateImageFunction
+    )[type(moving), itk.D].New()
+    disp = displacement._itk_displacement_field(field)
+    theirs = itk.array_from_image(displacement._resample_with_transform(moving, disp, disp, interpolator, 9.0))
+    np.testing.assert_array_equal(ours, theirs)
+    assert ours.shape == (10, 12) and (ours == 9.0).any()
 
 
 # ---------------------------------------------------------------------------------------------- the inverse
