@@ -22,8 +22,8 @@ def finalize_distributed(settle_seconds: float = 0.2) -> None:
     that destructor and the process aborts with "terminate called without an active exception" after all its work
     is done (seen with the 2-process CPU torchrun of the tests in 1 of 45 to 4 of 18 runs; pytorch/pytorch#190489).
     ``destroy_process_group()`` does not join the workers, since the ``DistributedDataParallel`` network keeps a
-    reference to the process group until the interpreter tears the network down. Sleeping releases the GIL, so the worker finishes while the
-    interpreter is fully alive.
+    reference to the process group until the interpreter tears the network down. Sleeping releases the GIL, so
+    the workers finish while the interpreter is fully alive.
 
     Args:
         settle_seconds: how long to wait after destroying the process group (>= 0).

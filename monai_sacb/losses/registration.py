@@ -106,7 +106,8 @@ class RegistrationLoss(nn.Module):
             place, e.g. :py:class:`monai_sacb.transforms.RandLabelSynthPaird`'s ``same_geometry_key``, else 0),
             averaged over the batch. The similarity and label terms are flat in regions without contrast and the
             diffusion term ignores a constant shift, so nothing else teaches a network that identical anatomy needs
-            no motion. Defaults to 0.0.
+            no motion. (For SACB-Net's one-pass bias this was not enough: it comes from the parameter-free
+            matching, and two epochs of this term did not remove it; docs/accuracy.md.) Defaults to 0.0.
 
     After each call, ``last_terms`` holds the detached parts ``{"similarity", "label", "zero_motion", "regularization",
     "loss"}`` (0-dim tensors; a term whose weight is 0 is not computed and not listed) so that a trainer can log them.
