@@ -676,7 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply an ITK displacement field (e.g. from `register`) to an image, with ITK",
         description=_wrap(
             "Resample IMAGE with the displacement field TRANSFORM, with ITK (itk.DisplacementFieldTransform + "
-        "itk.ResampleImageFilter), as `antsApplyTransforms -i IMAGE -r REF -t TRANSFORM -o OUT` does: the output at "
+        "itk.ResampleImageFilter; on the field's own grid itk.WarpImageFilter, the same voxels, faster to load), as "
+        "`antsApplyTransforms -i IMAGE -r REF -t TRANSFORM -o OUT` does: the output at "
         "the point x (LPS mm) of the reference grid is IMAGE(x + u(x)). With the _itk_displacement.nii.gz of "
         "`register` and its moving image, this gives the moving image registered onto the fixed grid, in its own "
         "intensities."
