@@ -228,9 +228,8 @@ def _read_image(image: Any, pixel_type: Any = None) -> Any:
     return image
 
 
-def _itk_displacement_field(field: Any) -> Any:
-    """A path or an ITK vector image -> ``itk.VectorImage[itk.D, d]``, a field ``DisplacementFieldTransform[D, d]``
-    takes in the ITK Python wheels (which do not wrap images of ``itk.Vector[itk.D, d]``)."""
+def _read_displacement_field(field: Any) -> Any:
+    """A path or an ITK vector image -> the ITK image, checked to hold one vector component per dimension."""
     image = _read_image(field)
     dim = image.GetImageDimension()
     if image.GetNumberOfComponentsPerPixel() != dim or dim not in (2, 3):
@@ -240,6 +239,13 @@ def _itk_displacement_field(field: Any) -> Any:
             "with one component per dimension (e.g. the bundle's _itk_displacement.nii.gz or an ANTs Warp.nii.gz; "
             "the MONAI _ddf.nii.gz, in voxels, is not one)."
         )
+    return image
+
+
+def _itk_displacement_field(field: Any) -> Any:
+    """A path or an ITK vector image -> ``itk.VectorImage[itk.D, d]``, a field ``DisplacementFieldTransform[D, d]``
+    takes in the ITK Python wheels (which do not wrap images of ``itk.Vector[itk.D, d]``)."""
+    image = _read_displacement_field(field)
     array = np.ascontiguousarray(itk.array_view_from_image(image), dtype=np.float64)
     out = itk.image_from_array(array, is_vector=True)  # itk.VectorImage[itk.D, dim], which the transform takes
     out.CopyInformation(image)
@@ -283,14 +289,18 @@ def _same_grid(a: Any, b: Any) -> bool:
 
 
 def _float32_vector_field(field: Any) -> Any:
-    """``itk.VectorImage[itk.D, d]`` -> the same field as ``itk.Image[itk.Vector[itk.F, d], d]`` (the type
-    ``itk.WarpImageFilter`` takes), or None when a value is not exactly a float32 (it would not be the same field)."""
+    """An ITK vector image (checked by :py:func:`_read_displacement_field`) -> the same field as
+    ``itk.Image[itk.Vector[itk.F, d], d]`` (the type ``itk.WarpImageFilter`` takes), or None when a value is not
+    exactly a float32 (it would not be the same field)."""
     dim = field.GetImageDimension()
+    vector_image = itk.Image[itk.Vector[itk.F, dim], dim]
+    if isinstance(field, vector_image):
+        return field
     array = itk.array_view_from_image(field)
-    single = array.astype(np.float32)
-    if not np.array_equal(single, array):
+    single = array.astype(np.float32, copy=False)
+    if single is not array and not np.array_equal(single, array):
         return None
-    out = itk.image_from_array(np.ascontiguousarray(single), ttype=itk.Image[itk.Vector[itk.F, dim], dim])
+    out = itk.image_from_array(np.ascontiguousarray(single), ttype=vector_image)
     out.CopyInformation(field)
     return out
 
@@ -347,7 +357,7 @@ def apply_itk_displacement(
     if moving.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"image must be scalar, got {moving.GetNumberOfComponentsPerPixel()} components per pixel.")
     dim = moving.GetImageDimension()
-    disp = _itk_displacement_field(field)
+    disp = _read_displacement_field(field)
     if disp.GetImageDimension() != dim:
         raise ValueError(f"image is {dim}D but the field is {disp.GetImageDimension()}D.")
     ref = _read_image(reference) if reference is not None else disp
@@ -376,7 +386,7 @@ def apply_itk_displacement(
         warper.Update()
         out = warper.GetOutput()
     else:
-        out = _resample_with_transform(work, disp, ref, interpolator, default_value)
+        out = _resample_with_transform(work, _itk_displacement_field(disp), ref, interpolator, default_value)
     if nearest and values.dtype != np.float64:
         try:  # back to the image's own pixel type where ITK wraps it
             typed = itk.image_from_array(itk.array_view_from_image(out).astype(values.dtype))

@@ -342,38 +342,36 @@ def test_apply_itk_displacement_on_the_field_grid_equals_the_transform_route(nea
     for offset, value in [(0.5, 0.0), (0.0, 0.5), (0.5, -1.0)]:
         unit_grid = ([0.0] * 3, [1.0] * 3, np.eye(3))
         cases.append((([offset] * 3, [1.0] * 3, np.eye(3)), unit_grid, np.full((10, 12, 8, 3), value)))
+
+    def both_routes(moving, field):
+        """(apply_itk_displacement's output, DisplacementFieldTransform + ResampleImageFilter's) as arrays."""
+        ours = itk.array_from_image(apply_itk_displacement(moving, field, nearest=nearest, default_value=9.0))
+        interpolator = (
+            itk.NearestNeighborInterpolateImageFunction if nearest else itk.LinearInterpolateImageFunction
+        )[type(moving), itk.D].New()
+        disp = displacement._itk_displacement_field(field)
+        theirs = itk.array_from_image(displacement._resample_with_transform(moving, disp, disp, interpolator, 9.0))
+        return ours, theirs
+
     for moving_grid, field_grid, vectors in cases:
         labels = rng.integers(0, 6, (9, 11, 7)).astype(np.float64)
         moving = _itk_image(labels if nearest else labels.astype(np.float32), *moving_grid)
         field = _itk_image(vectors.astype(np.float32), *field_grid, vector=True)
-        ours = itk.array_from_image(apply_itk_displacement(moving, field, nearest=nearest, default_value=9.0))
-        work = _itk_image(labels if nearest else labels.astype(np.float32), *moving_grid)
-        image_type = type(work)
-        interpolator = (
-            itk.NearestNeighborInterpolateImageFunction if nearest else itk.LinearInterpolateImageFunction
-        )[image_type, itk.D].New()
-        disp = displacement._itk_displacement_field(field)
-        theirs = itk.array_from_image(displacement._resample_with_transform(work, disp, disp, interpolator, 9.0))
+        ours, theirs = both_routes(moving, field)
         np.testing.assert_array_equal(ours, theirs)
         assert (ours == 9.0).any() and (ours != 9.0).any()  # some points fall outside, most inside
     # a field that float32 cannot hold exactly takes the transform route (and still works)
     fine_vectors = itk.image_from_array(np.full((10, 12, 8, 3), 0.1, np.float64), is_vector=True)
-    assert displacement._float32_vector_field(displacement._itk_displacement_field(fine_vectors)) is None
+    assert displacement._float32_vector_field(fine_vectors) is None
     assert itk.array_from_image(apply_itk_displacement(moving, fine_vectors, nearest=nearest)).shape == (10, 12, 8)
     # 2D: the same
-    labels = rng.integers(0, 6, (9, 11)).astype(np.float64 if nearest else np.float32)
-    moving = itk.image_from_array(labels)
+    moving = itk.image_from_array(rng.integers(0, 6, (9, 11)).astype(np.float64 if nearest else np.float32))
     moving.SetOrigin([0.3, -1.0])
     moving.SetSpacing([1.3, 0.9])
     vectors = rng.normal(0, 1.5, (10, 12, 2)).astype(np.float32)
     field = itk.image_from_array(vectors, ttype=itk.Image[itk.Vector[itk.F, 2], 2])
     field.SetSpacing([1.1, 1.2])
-    ours = itk.array_from_image(apply_itk_displacement(moving, field, nearest=nearest, default_value=9.0))
-    interpolator = (
-        itk.NearestNeighborInterpolateImageFunction if nearest else itk.LinearInterpolateImageFunction
-    )[type(moving), itk.D].New()
-    disp = displacement._itk_displacement_field(field)
-    theirs = itk.array_from_image(displacement._resample_with_transform(moving, disp, disp, interpolator, 9.0))
+    ours, theirs = both_routes(moving, field)
     np.testing.assert_array_equal(ours, theirs)
     assert ours.shape == (10, 12) and (ours == 9.0).any()
 
