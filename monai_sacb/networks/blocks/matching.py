@@ -23,6 +23,10 @@ def similarity_matching_flow(moving: torch.Tensor, fixed: torch.Tensor) -> torch
     the flow is the softmax-weighted mean offset ``sum_v softmax(score)_v * v``.
     The 3^d shifted products are reduced over channels one offset at a time, so memory grows with 3^d x N,
     never with 3^d x C x N as an unfolded window would. Computed in at least float32 (autocast-safe).
+    Features matched against themselves (the same tensor passed as both arguments, as
+    ``SACBNetBackbone(subtract_self_estimate=True)`` does) take half the products: the score of offset -v at p
+    is that of offset v at p - v: the same products, whose channel sums can differ from a separate computation
+    in the last bit.
 
     Args:
         moving: (B, C, *S) moving features, already warped by the current estimate.
@@ -43,17 +47,32 @@ def similarity_matching_flow(moving: torch.Tensor, fixed: torch.Tensor) -> torch
             (slice(None), slice(None)) + tuple(slice(1 + o, 1 + o + s) for o, s in zip(offset, spatial_shape))
             for offset in offsets
         ]
+        # offsets[-1 - i] == -offsets[i]: for a self-match only the first half and the centre are computed
+        computed = range(len(offsets) // 2 + 1) if moving is fixed else range(len(offsets))
         needs_grad = torch.is_grad_enabled() and (fixed.requires_grad or moving.requires_grad)
         if needs_grad or not use_cpu_kernels(fixed):
-            scores = torch.stack([(fixed32 * moving_pad[window]).sum(1) for window in windows], dim=1)
+            columns = [(fixed32 * moving_pad[windows[index]]).sum(1) for index in computed]
+            if moving is fixed:
+                columns += [_shifted(columns[index], offsets[index]) for index in reversed(computed[:-1])]
+            scores = torch.stack(columns, dim=1)
         else:  # the same sums, reusing one product buffer (fresh memory is slow on CPU)
             scores = fixed32.new_empty((fixed.shape[0], len(offsets), *spatial_shape))
             product = torch.empty_like(fixed32)
-            for index, window in enumerate(windows):
-                torch.sum(torch.mul(fixed32, moving_pad[window], out=product), 1, out=scores[:, index])
+            for index in computed:
+                torch.sum(torch.mul(fixed32, moving_pad[windows[index]], out=product), 1, out=scores[:, index])
+            if moving is fixed:
+                for index in computed[:-1]:
+                    scores[:, -1 - index].copy_(_shifted(scores[:, index], offsets[index]))
         prob = torch.softmax(scores, dim=1)  # (B, 3^d, *S)
         vectors = torch.tensor(offsets, dtype=prob.dtype, device=prob.device)  # (3^d, d)
         return torch.einsum("bt...,td->bd...", prob, vectors)
+
+
+def _shifted(score: torch.Tensor, offset: tuple[int, ...]) -> torch.Tensor:
+    """``score(p - offset)`` for a (B, *S) map, zero where ``p - offset`` is outside the grid."""
+    pad = [amount for o in reversed(offset) for amount in (max(o, 0), max(-o, 0))]
+    window = tuple(slice(max(-o, 0), max(-o, 0) + size) for o, size in zip(offset, score.shape[1:]))
+    return F.pad(score, pad)[(slice(None),) + window]
 
 
 class SimilarityMatching(nn.Module):

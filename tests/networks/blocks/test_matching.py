@@ -122,6 +122,28 @@ def test_gradients_equal_reference():
         torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 7, 6), (2, 6, 4, 5, 3), (1, 16, 6, 8, 4)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_self_match_equals_reference(shape, channels_last):
+    """The same tensor as moving and fixed computes half the products and mirrors the rest."""
+    features = torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    if channels_last:
+        features = features.contiguous(memory_format=torch.channels_last_3d if len(shape) == 5 else torch.channels_last)
+    expected = reference_flow(features, features)
+    assert expected.abs().max() > 0.1  # the plain matching moves features that match themselves
+    torch.testing.assert_close(similarity_matching_flow(features, features), expected, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():  # the CPU kernel path, writing into one score buffer
+        torch.testing.assert_close(similarity_matching_flow(features, features), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_self_match_gradients_equal_reference():
+    features = torch.randn(2, 3, 5, 4, 3, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    grad = torch.autograd.grad(similarity_matching_flow(features, features).square().sum(), features)[0]
+    ref = torch.autograd.grad(reference_flow(features, features).square().sum(), features)[0]
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_module_has_no_parameters():
     assert list(SimilarityMatching().parameters()) == []
 
