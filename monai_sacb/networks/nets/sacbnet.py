@@ -52,6 +52,13 @@ class SACBNetBackbone(nn.Module):
             through the k-means and the convolutions into an all-NaN ddf, so ``forward`` raises a ``ValueError``
             that counts the bad values instead. Set True only when the caller handles non-finite outputs itself
             (the check is skipped while tracing/exporting).
+        subtract_self_estimate: an extension, not in the paper (no parameters; the same state dict): every
+            increment, from each level's similarity matching and from the head, has subtracted from it what the
+            same layer estimates for the fixed features paired with themselves. The plain matching scores
+            neighbours by an unnormalised dot product, so an image registered to itself moves by up to about
+            2 voxels (the bias of the best-scoring neighbour, composed over levels); with the subtraction it stays
+            in place (zero up to rounding), at about 10% more time per pass. The head's last bias then cancels
+            (it has no effect and gets no gradient). The bundle uses it (docs/accuracy.md).
 
     Inputs are checked on every call: the shape (see ``forward``), a batch of at least one pair, finite values
     (unless ``allow_nonfinite``), and dtype: integer, boolean and floating inputs of another precision are
@@ -81,6 +88,7 @@ class SACBNetBackbone(nn.Module):
         kmeans_seed: int = 0,
         kmeans_max_points: int | None = 16384,
         allow_nonfinite: bool = False,
+        subtract_self_estimate: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -108,6 +116,7 @@ class SACBNetBackbone(nn.Module):
             conv(widths[0], spatial_dims),
         )
         self.allow_nonfinite = bool(allow_nonfinite)
+        self.subtract_self_estimate = bool(subtract_self_estimate)
         # channels-last kernels are markedly faster for these narrow convolutions; a channels-last weight makes
         # every convolution keep that layout, even after a one-channel input
         self.to(memory_format=self._memory_format)
@@ -224,6 +233,14 @@ class SACBNetBackbone(nn.Module):
         # moving and fixed share every layer; one batch of 2B runs each layer once
         return self.encoder(torch.cat([fixed, moving], dim=0).contiguous(memory_format=self._memory_format))
 
+    def _match(self, features: torch.Tensor, batch: int) -> torch.Tensor:
+        """Matching increment (B, spatial_dims, *S) of [fixed; moving] features (2B, C, *S)."""
+        fixed = features[:batch]
+        increment = similarity_matching_flow(features[batch:], fixed)
+        if self.subtract_self_estimate:
+            increment = increment - similarity_matching_flow(fixed, fixed)
+        return increment
+
     def _decode(self, pyramid: list[torch.Tensor], batch: int) -> torch.Tensor:
         """Coarse-to-fine ddf from a [fixed; moving] pyramid (may overwrite the moving half, see _with_warped_moving)."""
         flow = None
@@ -232,13 +249,19 @@ class SACBNetBackbone(nn.Module):
             if flow is not None:
                 features = self._with_warped_moving(features, flow, batch)
             features = self.sac_blocks[level - 1](features)
-            increment = similarity_matching_flow(features[batch:], features[:batch])
+            increment = self._match(features, batch)
             # composition: flow_new(p) = increment(p) + flow(p + increment(p))
             flow = increment if flow is None else warp_with_ddf(flow, increment).add_(increment)
             flow = self._upsample(flow)
 
         features = self.refine(self._with_warped_moving(pyramid[0], flow, batch))
-        increment = self.head(torch.cat([features[:batch], features[batch:]], dim=1))
+        fixed, moving = features[:batch], features[batch:]
+        if self.subtract_self_estimate:
+            # one batch for both heads: the norms are per sample, so it equals two calls
+            both = self.head(torch.cat([torch.cat([fixed, moving], dim=1), torch.cat([fixed, fixed], dim=1)], dim=0))
+            increment = both[:batch] - both[batch:]
+        else:
+            increment = self.head(torch.cat([fixed, moving], dim=1))
         increment = increment.to(torch.promote_types(increment.dtype, torch.float32))
         return warp_with_ddf(flow, increment).add_(increment)
 
@@ -253,17 +276,20 @@ class SACBNet(nn.Module):
     Args:
         backbone: a network mapping ``cat([moving, fixed], dim=1)`` to a (B, spatial_dims, *S) ddf in voxels;
             ``None`` builds ``SACBNetBackbone(spatial_dims, 2 * in_channels, base_channels, ...)`` from the
-            arguments below. When a backbone is given, ``spatial_dims`` to ``allow_nonfinite`` are ignored; the
-            input checks then use the backbone's own ``spatial_dims`` and ``in_channels`` where it has them.
+            arguments below. When a backbone is given, the arguments that build it (all but ``warp_padding_mode``)
+            are ignored; the input checks then use the backbone's own ``spatial_dims`` and ``in_channels`` where
+            it has them.
         spatial_dims: number of spatial dimensions, 2 or 3.
         in_channels: channels of each of the moving and fixed images (the backbone gets twice as many).
         base_channels, num_clusters, kmeans_iters, kmeans_seed, kmeans_max_points, allow_nonfinite: see
             :py:class:`SACBNetBackbone`.
         warp_padding_mode: padding of the warp of the moving image ("border", like ``Warp()``, or "zeros",
             like the published code). Feature and flow warps inside the network always use zero padding.
+        subtract_self_estimate: see :py:class:`SACBNetBackbone` (the bundle's network uses it).
 
     The state-dict keys are the backbone's under ``backbone.``. A bundle checkpoint (``bundle/models/model.pt``,
-    the state dict of a :py:class:`SACBNetBackbone`) loads with ``net.backbone.load_state_dict(state_dict)``.
+    the state dict of a :py:class:`SACBNetBackbone`) loads with ``net.backbone.load_state_dict(state_dict)``;
+    build the network as the bundle does, ``SACBNet(subtract_self_estimate=True)``, to get its results.
 
     Example::
 
@@ -288,6 +314,7 @@ class SACBNet(nn.Module):
         kmeans_max_points: int | None = 16384,
         allow_nonfinite: bool = False,
         warp_padding_mode: str = "border",
+        subtract_self_estimate: bool = False,
     ) -> None:
         super().__init__()
         if backbone is None:
@@ -300,6 +327,7 @@ class SACBNet(nn.Module):
                 kmeans_seed,
                 kmeans_max_points,
                 allow_nonfinite,
+                subtract_self_estimate,
             )
         self.backbone = backbone
         self.spatial_dims: int | None = getattr(backbone, "spatial_dims", None)

@@ -149,6 +149,84 @@ def test_same_input_same_weights_bitwise_same_output(image_pair):
     assert torch.equal(first[1], third[1])
 
 
+# ------------------------------------------------------------------------------------------ subtract_self_estimate
+
+
+def _reference_ddf(backbone, moving, fixed, subtract_self):
+    """The decoder written out plainly (no in-place reuse, one head call per estimate), for comparison."""
+    from torch.nn import functional as F
+
+    from monai_sacb.networks.blocks import similarity_matching_flow
+
+    batch = moving.shape[0]
+    pyramid = backbone.encoder(torch.cat([fixed, moving], dim=0))
+    mode = "trilinear" if moving.ndim == 5 else "bilinear"
+    flow = None
+    for level in range(len(pyramid) - 1, 0, -1):
+        features = pyramid[level]
+        if flow is not None:
+            features = torch.cat([features[:batch], warp_with_ddf(features[batch:], flow)], dim=0)
+        features = backbone.sac_blocks[level - 1](features)
+        increment = similarity_matching_flow(features[batch:], features[:batch])
+        if subtract_self:
+            increment = increment - similarity_matching_flow(features[:batch], features[:batch])
+        flow = increment if flow is None else warp_with_ddf(flow, increment) + increment
+        flow = F.interpolate(2 * flow, scale_factor=2, mode=mode, align_corners=True)
+    features = torch.cat([pyramid[0][:batch], warp_with_ddf(pyramid[0][batch:], flow)], dim=0)
+    features = backbone.refine(features)
+    increment = backbone.head(torch.cat([features[:batch], features[batch:]], dim=1))
+    if subtract_self:
+        increment = increment - backbone.head(torch.cat([features[:batch], features[:batch]], dim=1))
+    return warp_with_ddf(flow, increment) + increment
+
+
+@pytest.mark.parametrize("subtract_self", [False, True])
+@pytest.mark.parametrize("spatial_dims, spatial", [(3, (32, 48, 16)), (2, (64, 48))])
+def test_ddf_equals_the_plain_reference(subtract_self, spatial_dims, spatial, image_pair):
+    net = _net(spatial_dims=spatial_dims, num_clusters=3, subtract_self_estimate=subtract_self).eval()
+    moving, fixed = image_pair((2, 1, *spatial), seed=21)
+    with torch.no_grad():
+        _, ddf = net(moving, fixed)
+        expected = _reference_ddf(net.backbone, moving, fixed, subtract_self)
+    torch.testing.assert_close(ddf, expected, rtol=1e-4, atol=1e-4)
+    assert expected.abs().max() > 0.1  # a field that registers something, not a trivial zero
+
+
+@pytest.mark.parametrize("spatial_dims, spatial", [(3, (32, 48, 16)), (2, (64, 48))])
+def test_subtract_self_estimate_keeps_an_image_registered_to_itself_in_place(spatial_dims, spatial, image_pair):
+    torch.manual_seed(22)
+    plain = SACBNetBackbone(spatial_dims=spatial_dims, num_clusters=3).eval()
+    referenced = SACBNetBackbone(spatial_dims=spatial_dims, num_clusters=3, subtract_self_estimate=True).eval()
+    referenced.load_state_dict(plain.state_dict())  # no parameters of its own: the same state dict
+    image, other = image_pair((2, 1, *spatial), seed=22)
+    with torch.no_grad():
+        assert plain(torch.cat([image, image], dim=1)).abs().max() > 0.5  # the plain matching's bias
+        assert referenced(torch.cat([image, image], dim=1)).abs().max() < 1e-4
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bfloat16 rounding of the head's output (1/128 near 2)
+            assert referenced(torch.cat([image, image], dim=1)).abs().max() < 0.02
+        # and it still registers different images
+        assert referenced(torch.cat([other, image], dim=1)).abs().mean() > 0.05
+    assert _count(referenced) == _count(plain)
+
+
+def test_subtract_self_estimate_both_ways_and_gradients(image_pair):
+    net = _net(num_clusters=3, subtract_self_estimate=True)
+    moving, fixed = image_pair((1, 1, 32, 48, 16), seed=23)
+    backbone = net.backbone
+    with torch.no_grad():
+        forward, backward = backbone.forward_both_ways(torch.cat([moving, fixed], dim=1))
+        torch.testing.assert_close(forward, backbone(torch.cat([moving, fixed], dim=1)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(backward, backbone(torch.cat([fixed, moving], dim=1)), rtol=1e-5, atol=1e-5)
+    warped, ddf = net(moving, fixed)
+    ((warped - fixed).square().mean() + 0.1 * ddf.square().mean()).backward()
+    # the last convolution's bias adds the same to both head estimates and cancels in their difference: its
+    # gradient is zero up to rounding; every other parameter gets one
+    largest = {n: 0.0 if p.grad is None else float(p.grad.abs().max()) for n, p in net.named_parameters()}
+    assert largest.pop("backbone.head.2.bias") < 1e-6 * max(largest.values())
+    missing = [n for n, value in largest.items() if not value > 0]
+    assert not missing, f"parameters without a gradient: {missing}"
+
+
 # ----------------------------------------------------------------------------------------------------- gradients
 
 
