@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from monai_sacb.networks.blocks.conv import SameConv2d, SameConv3d
+from monai_sacb.networks.blocks.conv import SameConv2d, SameConv3d, same_conv
 from monai_sacb.networks.blocks.encoder import PyramidEncoder, conv_norm_act
 from monai_sacb.networks.blocks.matching import similarity_matching_flow
 from monai_sacb.networks.blocks.sac import SACBlock
@@ -257,8 +257,14 @@ class SACBNetBackbone(nn.Module):
         features = self.refine(self._with_warped_moving(pyramid[0], flow, batch))
         fixed, moving = features[:batch], features[batch:]
         if self.subtract_self_estimate:
-            # one batch for both heads: the norms are per sample, so it equals two calls
-            both = self.head(torch.cat([torch.cat([fixed, moving], dim=1), torch.cat([fixed, fixed], dim=1)], dim=0))
+            # head(cat([fixed, fixed])) begins with a convolution that reads fixed twice: one convolution of fixed
+            # with the two halves of its weight summed; the rest runs as one batch (norms are per sample)
+            first = self.head[0]
+            weight = first.conv.weight
+            half = weight.shape[1] // 2
+            folded = (weight[:, :half] + weight[:, half:]).contiguous(memory_format=self._memory_format)
+            x = torch.cat([first.conv(torch.cat([fixed, moving], dim=1)), same_conv(fixed, folded, first.conv.bias)])
+            both = self.head[1:](first.adn(x))
             increment = both[:batch] - both[batch:]
         else:
             increment = self.head(torch.cat([fixed, moving], dim=1))

@@ -202,8 +202,9 @@ def test_subtract_self_estimate_keeps_an_image_registered_to_itself_in_place(spa
     with torch.no_grad():
         assert plain(torch.cat([image, image], dim=1)).abs().max() > 0.5  # the plain matching's bias
         assert referenced(torch.cat([image, image], dim=1)).abs().max() < 1e-4
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # bfloat16 rounding of the head's output (1/128 near 2)
-            assert referenced(torch.cat([image, image], dim=1)).abs().max() < 0.02
+        # bfloat16 rounds the self estimate's folded first convolution differently from the pair's (1/128 near 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert referenced(torch.cat([image, image], dim=1)).abs().max() < 0.05
         # and it still registers different images
         assert referenced(torch.cat([other, image], dim=1)).abs().mean() > 0.05
     assert _count(referenced) == _count(plain)
