@@ -4,7 +4,8 @@
 Registration accuracy on held-out pairs, every method side by side in one run: no registration (identity), ANTs SyN
 with default settings (antspyx, ``pip install -e ".[bench]"``), MONAI VoxelMorph and SACBNet trained with the same
 recipe (each plain and with the bundle's symmetric inference, ``PairInferer(symmetric=True)``), and SACBNet followed
-by instance optimisation.
+by instance optimisation. SACBNet is the bundle's network (``SACBNetBackbone(subtract_self_estimate=True)``);
+``--plain_matching_rows`` adds the paper's plain matching with the same weights.
 
 Pairs: by default the held-out validation pairs of the label-synthesis dataset (FSL MNI152 T1 with the
 Desikan-Killiany parcellation, a template and a parcellation that training never saw, both sides deformed
@@ -68,13 +69,16 @@ def _load_pairs(args) -> list[dict[str, torch.Tensor]]:
     return pairs
 
 
-def _network(kind: str, path: str) -> torch.nn.Module:
+def _network(kind: str, path: str, subtract_self_estimate: bool = True) -> torch.nn.Module:
     from monai.networks.nets import VoxelMorph
 
     from monai_sacb.handlers import check_checkpoint_compatible, network_state_dict
     from monai_sacb.networks import PairDDFWrapper, SACBNetBackbone
 
-    net = SACBNetBackbone() if kind == "sacbnet" else PairDDFWrapper(VoxelMorph())
+    if kind == "sacbnet":  # the bundle's network_def
+        net = SACBNetBackbone(subtract_self_estimate=subtract_self_estimate)
+    else:
+        net = PairDDFWrapper(VoxelMorph())
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     check_checkpoint_compatible(checkpoint, net, path)
     net.load_state_dict(network_state_dict(checkpoint))
@@ -192,6 +196,12 @@ def main() -> None:
         help="register inside the box of each pair's foreground (PairInferer(crop_foreground=True), the bundle's "
         "default) in every network row",
     )
+    parser.add_argument(
+        "--plain_matching_rows",
+        action="store_true",
+        help="add SACBNet rows with the paper's plain matching (SACBNetBackbone(subtract_self_estimate=False)) "
+        "beside the bundle's network (subtract_self_estimate=True), with the same weights",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -225,6 +235,12 @@ def main() -> None:
             methods["SACBNet, symmetric, bfloat16"] = sacbnet_method(True, cpu_bfloat16=True)
             if args.io_steps != "0":
                 methods["SACBNet, symmetric, bfloat16 + instance optimisation"] = sacbnet_method(True, io, True)
+        if args.plain_matching_rows:
+            plain = _network("sacbnet", args.model, subtract_self_estimate=False)
+            bf16 = args.cpu_bfloat16
+            suffix = ", bfloat16" if bf16 else ""
+            methods[f"SACBNet, plain matching{suffix}"] = _network_method(plain, False, None, bf16, crop)
+            methods[f"SACBNet, plain matching, symmetric{suffix}"] = _network_method(plain, True, None, bf16, crop)
 
     results: dict[str, list[dict]] = {name: [] for name in methods}
     for index, pair in enumerate(pairs):

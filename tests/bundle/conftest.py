@@ -136,3 +136,16 @@ def trained_root(tmp_path_factory, tiny_cache, bundle_configs, tiny_overrides, r
     run_bundle(bundle_configs.tiny_train, **tiny_overrides(root, tiny_cache, max_epochs=1))
     assert os.path.isfile(root / "models" / "model.pt")
     return root
+
+
+@pytest.fixture(scope="session")
+def bundle_network(bundle_configs):
+    """A new instance of the network that ``inference.json`` builds (its ``network_def``)."""
+    from monai.bundle import ConfigParser
+
+    def build():
+        parser = ConfigParser()
+        parser.read_config(bundle_configs.inference)
+        return parser.get_parsed_content("network_def", instantiate=True)
+
+    return build

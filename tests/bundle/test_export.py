@@ -27,8 +27,8 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def _reference(checkpoint, pair):
-    net = SACBNetBackbone()
+def _reference(checkpoint, pair, bundle_network):
+    net = bundle_network()
     net.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
     with torch.no_grad():
         return net.eval()(pair)
@@ -51,7 +51,7 @@ def test_verify_net_in_out(bundle_configs):
         verify_net_in_out(net_id="network_def", meta_file=bundle_configs.meta, config_file=bundle_configs.inference, n=2, any=1, device="cpu")
 
 
-def test_ckpt_export_traced_matches_pytorch(checkpoint, tmp_path, bundle_configs):
+def test_ckpt_export_traced_matches_pytorch(checkpoint, tmp_path, bundle_configs, bundle_network):
     from monai.bundle import ckpt_export
 
     with warnings.catch_warnings():
@@ -71,14 +71,14 @@ def test_ckpt_export_traced_matches_pytorch(checkpoint, tmp_path, bundle_configs
     # the trace records PyTorch's plain instance_norm/convolution ops, eager CPU mode runs the fused ones: the same
     # function, equal up to float32 rounding
     with torch.no_grad():
-        torch.testing.assert_close(exported(pair), _reference(checkpoint, pair), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(exported(pair), _reference(checkpoint, pair, bundle_network), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.skipif(
     importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None,
     reason="needs onnx and onnxruntime",
 )
-def test_onnx_export_matches_pytorch(checkpoint, tmp_path, bundle_configs):
+def test_onnx_export_matches_pytorch(checkpoint, tmp_path, bundle_configs, bundle_network):
     import onnxruntime
 
     from monai.bundle import onnx_export
@@ -99,4 +99,4 @@ def test_onnx_export_matches_pytorch(checkpoint, tmp_path, bundle_configs):
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     result = session.run(None, {name: pair.numpy()})[0]
-    np.testing.assert_allclose(result, _reference(checkpoint, pair).numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(result, _reference(checkpoint, pair, bundle_network).numpy(), rtol=1e-3, atol=1e-3)

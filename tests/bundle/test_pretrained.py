@@ -23,11 +23,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_shipped_weights_register_a_held_out_pair(tmp_path, bundle_configs):
+def test_shipped_weights_register_a_held_out_pair(tmp_path, bundle_configs, bundle_network):
     model = bundle_configs.root / "models" / "model.pt"
     assert model.is_file(), "bundle/models/model.pt (the shipped pretrained network) is missing"
     checkpoint = torch.load(model, map_location="cpu", weights_only=True)
-    net = SACBNetBackbone().eval()
+    net = bundle_network().eval()
+    assert isinstance(net, SACBNetBackbone) and net.subtract_self_estimate
     check_checkpoint_compatible(checkpoint, net, str(model))
     net.load_state_dict(network_state_dict(checkpoint))
 
@@ -45,7 +46,9 @@ def test_shipped_weights_register_a_held_out_pair(tmp_path, bundle_configs):
     registered = float(torch.nanmean(compute_label_dice(warped_label, fixed_label)))
     assert registered > identity + 0.15  # measured: 0.27 -> 0.60 on average over the 16 held-out pairs
     assert float(percent_folding(ddf)) < 0.1
-    # an image registered to itself barely moves
+    # an image registered to itself stays in place, with one forward pass as with the symmetric inference
     with torch.no_grad():
-        self_ddf = PairInferer(symmetric=True)(torch.cat([fixed, fixed], dim=1), net)["ddf"]
-    assert float(self_ddf.norm(dim=1).mean()) < 0.2
+        for symmetric in (True, False):
+            self_ddf = PairInferer(symmetric=symmetric)(torch.cat([fixed, fixed], dim=1), net)["ddf"]
+            # (not exactly 0: a warp by a ~1e-7 field can flip a k-means assignment; measured 0.035 voxel at most)
+            assert float(self_ddf.norm(dim=1).max()) < 0.1
