@@ -115,8 +115,14 @@ class SACBNetBackbone(nn.Module):
             conv_norm_act(spatial_dims, widths[0], widths[0]),
             conv(widths[0], spatial_dims),
         )
-        self.allow_nonfinite = bool(allow_nonfinite)
-        self.subtract_self_estimate = bool(subtract_self_estimate)
+        for name, value in (("allow_nonfinite", allow_nonfinite), ("subtract_self_estimate", subtract_self_estimate)):
+            if not isinstance(value, bool):  # a config's "false" read as a string would otherwise count as True
+                raise ValueError(
+                    f"SACBNetBackbone({name}=...) takes True or False, got {value!r} of type {type(value).__name__} "
+                    f"(on the command line write --network_def#{name} False, with a capital F)."
+                )
+        self.allow_nonfinite = allow_nonfinite
+        self.subtract_self_estimate = subtract_self_estimate
         # channels-last kernels are markedly faster for these narrow convolutions; a channels-last weight makes
         # every convolution keep that layout, even after a one-channel input
         self.to(memory_format=self._memory_format)

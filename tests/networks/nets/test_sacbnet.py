@@ -210,6 +210,13 @@ def test_subtract_self_estimate_keeps_an_image_registered_to_itself_in_place(spa
     assert _count(referenced) == _count(plain)
 
 
+@pytest.mark.parametrize("name", ["subtract_self_estimate", "allow_nonfinite"])
+def test_flags_refuse_strings(name):
+    with pytest.raises(ValueError, match=f"network_def#{name} False"):
+        SACBNetBackbone(**{name: "false"})  # what a command line's lower-case false arrives as
+    assert getattr(SACBNetBackbone(**{name: True}), name) is True
+
+
 def test_subtract_self_estimate_both_ways_and_gradients(image_pair):
     net = _net(num_clusters=3, subtract_self_estimate=True)
     moving, fixed = image_pair((1, 1, 32, 48, 16), seed=23)
