@@ -42,7 +42,8 @@ def similarity_matching_flow(moving: torch.Tensor, fixed: torch.Tensor) -> torch
     offsets = list(itertools.product((-1, 0, 1), repeat=spatial_dims))
     with torch.autocast(fixed.device.type, enabled=False):
         dtype = torch.promote_types(fixed.dtype, torch.float32)
-        fixed32, moving_pad = fixed.to(dtype), F.pad(moving.to(dtype), [1, 1] * spatial_dims)
+        fixed32 = fixed.to(dtype)
+        moving_pad = F.pad(fixed32 if moving is fixed else moving.to(dtype), [1, 1] * spatial_dims)
         windows = [
             (slice(None), slice(None)) + tuple(slice(1 + o, 1 + o + s) for o, s in zip(offset, spatial_shape))
             for offset in offsets
