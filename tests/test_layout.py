@@ -20,11 +20,13 @@ ALLOWED = {
     "apps": {"data", "transforms"},
     "inferers": {"networks", "losses"},
     "engines": set(),
+    "utils": set(),
     "visualize": {"metrics", "data"},
     "handlers": {"metrics", "visualize", "data"},
     # the command line sits on top, beside the bundle configs: it may import every subpackage
     "cli": {
-        "networks", "losses", "metrics", "data", "transforms", "apps", "inferers", "engines", "visualize", "handlers"
+        "networks", "losses", "metrics", "data", "transforms", "apps", "inferers", "engines", "visualize", "handlers",
+        "utils",
     },
     "__main__": {"cli"},
 }

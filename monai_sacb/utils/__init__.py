@@ -1,0 +1,6 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from .cpu_memory import keep_freed_cpu_memory
+
+__all__ = ["keep_freed_cpu_memory"]
