@@ -167,7 +167,8 @@ class SACBNetBackbone(nn.Module):
         moving, fixed = pair[:, :channels].to(dtype), pair[:, channels:].to(dtype)
         if not self.allow_nonfinite and not is_exporting():
             for name, image in (("moving", moving), ("fixed", fixed)):
-                if bool(torch.isfinite(image).all()):
+                # a NaN or infinite value makes the sum NaN or infinite: one reduction usually settles it
+                if bool(torch.isfinite(image.sum())) or bool(torch.isfinite(image).all()):
                     continue
                 bad, nan = int((~torch.isfinite(image)).sum()), int(torch.isnan(image).sum())
                 raise ValueError(
