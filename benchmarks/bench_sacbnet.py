@@ -117,7 +117,7 @@ def _run_child(args: argparse.Namespace, name: str, size: tuple[int, ...], mode:
         str(args.repeats),
         "--threads",
         str(args.threads),
-    ]
+    ] + (["--keep_freed_memory"] if args.keep_freed_memory else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -133,11 +133,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="alternating SACBNet/VoxelMorph processes per row")
+    parser.add_argument(
+        "--keep_freed_memory",
+        action="store_true",
+        help="both networks' processes keep freed CPU memory for reuse (monai_sacb.utils.keep_freed_cpu_memory, "
+        "as the bundle's configs do)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
         job = json.loads(args.child)
+        if args.keep_freed_memory:
+            from monai_sacb.utils import keep_freed_cpu_memory
+
+            keep_freed_cpu_memory()
         result = _measure(job["name"], tuple(job["size"]), job["mode"], args.device, job["amp"], args.repeats, args.threads)
         print(json.dumps(result))
         return
@@ -147,7 +157,8 @@ def main() -> None:
     machine = f"{platform.machine()} {platform.processor() or ''}".strip()
     if args.device == "cuda":
         machine += f", {torch.cuda.get_device_name()}"
-    print(f"machine: {machine}; torch {torch.__version__}; device {args.device}; CPU threads {args.threads}")
+    print(f"machine: {machine}; torch {torch.__version__}; device {args.device}; CPU threads {args.threads}; "
+          f"freed CPU memory {'kept' if args.keep_freed_memory else 'released'}")
     print(f"rounds {args.rounds} (alternating processes), each the median of {args.repeats} calls after a warm-up")
     print(f"{'size':>12} {'mode':>9} {'amp':>4} | {'SACBNet s':>9} {'VoxelMorph s':>12} {'ratio':>6} {'range':>9} | "
           f"{'SACB GiB':>8} {'VM GiB':>7} | {'k-means':>7}")
