@@ -2,7 +2,8 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 
 """Ignite handlers: the registration metrics of ``monai_sacb.metrics`` (MONAI ``IgniteMetricHandler``), crash-safe
-checkpoints and resuming, a progress bar, and the evaluation report and figures of registered pairs."""
+checkpoints and resuming, a progress bar, the warm-up of the self-estimate's subtraction, and the evaluation
+report and figures of registered pairs."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .label_metric_handlers import LabelDice, LabelHausdorffDistance, LabelSurfa
 from .progress import TrainProgressBar
 from .registration_panels import RegistrationPanelSaver, TensorBoardRegistrationPanels
 from .registration_report import RegistrationReport
+from .self_estimate_warmup import SelfEstimateWarmup
 
 __all__ = [
     "LATEST_PATTERN",
@@ -37,6 +39,7 @@ __all__ = [
     "RegistrationReport",
     "ResumeFromLatest",
     "SDLogJacobian",
+    "SelfEstimateWarmup",
     "TensorBoardRegistrationPanels",
     "TrainProgressBar",
     "TrainerCheckpointSaver",

@@ -60,6 +60,13 @@ class SACBNetBackbone(nn.Module):
             in place (zero up to rounding), at about 10% more time per pass. The head's last bias then cancels
             (it has no effect and gets no gradient). The bundle uses it (docs/accuracy.md).
 
+    Attributes:
+        self_estimate_weight: in training mode, the weight of the subtracted self-estimates (default 1.0: the
+            whole of them). Training from scratch learns faster when the subtraction is ramped in from 0 over the
+            first iterations (:py:class:`monai_sacb.handlers.SelfEstimateWarmup` sets it; measured on the bundle's
+            main job in bundle/docs/README.md). In eval mode the network always subtracts the whole
+            self-estimates, so validation and inference see the network that is shipped.
+
     Inputs are checked on every call: the shape (see ``forward``), a batch of at least one pair, finite values
     (unless ``allow_nonfinite``), and dtype: integer, boolean and floating inputs of another precision are
     converted to the dtype of the network's weights (to float32 under ``torch.autocast``), so a float64 or int16
@@ -123,6 +130,7 @@ class SACBNetBackbone(nn.Module):
                 )
         self.allow_nonfinite = allow_nonfinite
         self.subtract_self_estimate = subtract_self_estimate
+        self.self_estimate_weight = 1.0
         # channels-last kernels are markedly faster for these narrow convolutions; a channels-last weight makes
         # every convolution keep that layout, even after a one-channel input
         self.to(memory_format=self._memory_format)
@@ -245,8 +253,13 @@ class SACBNetBackbone(nn.Module):
         fixed = features[:batch]
         increment = similarity_matching_flow(features[batch:], fixed)
         if self.subtract_self_estimate:
-            increment = increment - similarity_matching_flow(fixed, fixed)
+            increment = increment - self._weighted_self_estimate(similarity_matching_flow(fixed, fixed))
         return increment
+
+    def _weighted_self_estimate(self, estimate: torch.Tensor) -> torch.Tensor:
+        """A self-estimate times ``self_estimate_weight`` in training mode; as it is in eval mode."""
+        weight = float(self.self_estimate_weight) if self.training else 1.0
+        return estimate if weight == 1.0 else estimate * weight
 
     def _decode(self, pyramid: list[torch.Tensor], batch: int) -> torch.Tensor:
         """Coarse-to-fine ddf from a [fixed; moving] pyramid (may overwrite the moving half, see _with_warped_moving)."""
@@ -272,7 +285,7 @@ class SACBNetBackbone(nn.Module):
             folded = (weight[:, :half] + weight[:, half:]).contiguous(memory_format=self._memory_format)
             x = torch.cat([first.conv(torch.cat([fixed, moving], dim=1)), same_conv(fixed, folded, first.conv.bias)])
             both = self.head[1:](first.adn(x))
-            increment = both[:batch] - both[batch:]
+            increment = both[:batch] - self._weighted_self_estimate(both[batch:])
         else:
             increment = self.head(torch.cat([fixed, moving], dim=1))
         increment = increment.to(torch.promote_types(increment.dtype, torch.float32))

@@ -152,7 +152,7 @@ def test_same_input_same_weights_bitwise_same_output(image_pair):
 # ------------------------------------------------------------------------------------------ subtract_self_estimate
 
 
-def _reference_ddf(backbone, moving, fixed, subtract_self):
+def _reference_ddf(backbone, moving, fixed, subtract_self, weight=1.0):
     """The decoder written out plainly (no in-place reuse, one head call per estimate), for comparison."""
     from torch.nn import functional as F
 
@@ -169,14 +169,14 @@ def _reference_ddf(backbone, moving, fixed, subtract_self):
         features = backbone.sac_blocks[level - 1](features)
         increment = similarity_matching_flow(features[batch:], features[:batch])
         if subtract_self:
-            increment = increment - similarity_matching_flow(features[:batch], features[:batch])
+            increment = increment - weight * similarity_matching_flow(features[:batch], features[:batch])
         flow = increment if flow is None else warp_with_ddf(flow, increment) + increment
         flow = F.interpolate(2 * flow, scale_factor=2, mode=mode, align_corners=True)
     features = torch.cat([pyramid[0][:batch], warp_with_ddf(pyramid[0][batch:], flow)], dim=0)
     features = backbone.refine(features)
     increment = backbone.head(torch.cat([features[:batch], features[batch:]], dim=1))
     if subtract_self:
-        increment = increment - backbone.head(torch.cat([features[:batch], features[:batch]], dim=1))
+        increment = increment - weight * backbone.head(torch.cat([features[:batch], features[:batch]], dim=1))
     return warp_with_ddf(flow, increment) + increment
 
 
@@ -190,6 +190,28 @@ def test_ddf_equals_the_plain_reference(subtract_self, spatial_dims, spatial, im
         expected = _reference_ddf(net.backbone, moving, fixed, subtract_self)
     torch.testing.assert_close(ddf, expected, rtol=1e-4, atol=1e-4)
     assert expected.abs().max() > 0.1  # a field that registers something, not a trivial zero
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3])
+def test_self_estimate_weight_scales_the_subtraction_in_training_mode_only(weight, image_pair):
+    net = _net(num_clusters=3, subtract_self_estimate=True)
+    backbone = net.backbone
+    moving, fixed = image_pair((1, 1, 32, 48, 16), seed=24)
+    pair = torch.cat([moving, fixed], dim=1)
+    backbone.self_estimate_weight = weight
+    with torch.no_grad():
+        backbone.train()
+        trained = backbone(pair)
+        expected = _reference_ddf(backbone, moving, fixed, True, weight)
+        backbone.eval()
+        evaluated = backbone(pair)
+        whole = _reference_ddf(backbone, moving, fixed, True)
+        plain = _reference_ddf(backbone, moving, fixed, False)
+    torch.testing.assert_close(trained, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(evaluated, whole, rtol=1e-4, atol=1e-4)  # eval mode: always the whole estimate
+    if weight == 0.0:
+        torch.testing.assert_close(trained, plain, rtol=1e-4, atol=1e-4)  # the paper's network
+    assert (trained - evaluated).abs().max() > 0.05
 
 
 @pytest.mark.parametrize("spatial_dims, spatial", [(3, (32, 48, 16)), (2, (64, 48))])
