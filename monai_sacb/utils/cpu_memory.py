@@ -20,7 +20,7 @@ def keep_freed_cpu_memory(max_block_bytes: int = 1 << 30) -> bool:
     """
     Make this process keep the CPU memory that PyTorch frees, for the next tensors to reuse, instead of returning
     it to the operating system (glibc's ``malloc``; Linux). Call it once, at the start of a CPU registration or
-    training process; :py:mod:`bundle` configs call it in ``initialize``.
+    training process; the bundle's configs call it in ``initialize`` (``keep_freed_cpu_memory: true``).
 
     Why: glibc serves every allocation above its mmap threshold (at most 32 MiB, usually much less) with a fresh
     ``mmap`` and unmaps it on free, so the next tensor of that size page-faults on each of its 4 KiB pages. A
