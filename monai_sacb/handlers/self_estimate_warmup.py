@@ -39,7 +39,10 @@ class SelfEstimateWarmup:
 
     def __init__(self, network: nn.Module, iterations: int = 40) -> None:
         if isinstance(iterations, bool) or int(iterations) != iterations or iterations < 0:
-            raise ValueError(f"iterations must be a whole number >= 0, got {iterations!r}.")
+            raise ValueError(
+                f"SelfEstimateWarmup(iterations=...) takes a whole number of iterations >= 0 (0: no ramp; "
+                f"--self_estimate_warmup in train.json), got {iterations!r}."
+            )
         self.network = network
         self.iterations = int(iterations)
 
