@@ -20,8 +20,8 @@ class SelfEstimateWarmup:
 
     Why: trained from scratch, the subtracting network learned more slowly than the paper's plain network (the
     bundle's main job: held-out Dice 0.449 against 0.509 after its 160 iterations, with rougher fields); ramped in
-    over the first 40 iterations it reached about the plain network's Dice with the smoothest fields of the
-    variants tried (bundle/docs/README.md, "Main job"). The weight only acts in training mode: validation and
+    over the first 40 iterations it reached 0.493, with the smoothest fields of the variants tried
+    (bundle/docs/README.md, "Main job"). The weight only acts in training mode: validation and
     inference (eval mode) always subtract the whole self-estimate.
 
     A network without ``self_estimate_weight`` or that does not subtract (e.g. VoxelMorph in
