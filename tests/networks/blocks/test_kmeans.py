@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
 from monai_sacb.networks import KMeans, batched_kmeans, kmeans_init_draws
+from monai_sacb.networks.blocks import kmeans as kmeans_module
 from monai_sacb.networks.blocks import kmeans_subset_indices
 
 # three well separated blob centres per sample, different for each sample of the batch
@@ -103,6 +106,29 @@ def test_more_clusters_than_distinct_points_no_nan():
     torch.testing.assert_close(torch.gather(centroids, 1, assignments.unsqueeze(-1).expand(-1, -1, 2)), points)
     # the two distinct points are in different clusters
     assert (assignments[:, 0] != assignments[:, 1]).all()
+
+
+@pytest.mark.parametrize("distinct", [None, 3])
+def test_cpu_kernel_equals_the_plain_formulation(distinct):
+    # the CPU path finds nearest centroids by comparing scores with their minimum; points equally near two centroids
+    # (few distinct values: duplicated centroids and exact ties) must still go to the lowest index, as argmin does
+    generator = torch.Generator().manual_seed(5)
+    points = torch.randn(2, 3000, 6, generator=generator)
+    if distinct is not None:
+        points = torch.randint(0, distinct, (2, 3000, 6), generator=generator).float()
+    for max_points in (None, 500):
+        fast = batched_kmeans(points, 7, max_points=max_points)
+        with mock.patch.object(kmeans_module, "use_cpu_kernels", return_value=False):
+            plain = batched_kmeans(points, 7, max_points=max_points)
+        assert torch.equal(fast[0], plain[0]) and torch.equal(fast[1], plain[1])
+
+
+def test_ties_go_to_the_lowest_cluster_index():
+    # every point is equally near centroids 1 and 2 (the same vector twice)
+    points = torch.tensor([[[0.0, 1.0], [0.0, 1.0], [5.0, 5.0]]])
+    centroids = torch.tensor([[[5.0, 5.0], [0.0, 1.0], [0.0, 1.0]]])
+    one_hot = kmeans_module._nearest_one_hot_cpu(points, centroids)
+    assert torch.equal(one_hot, torch.tensor([[[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]]))
 
 
 def test_more_clusters_than_points():
