@@ -22,6 +22,8 @@ def ddf_sampling_grid(ddf: torch.Tensor) -> torch.Tensor:
     in that order, like :py:class:`monai.networks.blocks.Warp`, with a single allocation. Differentiable.
     """
     spatial_dims, spatial_shape = ddf.shape[1], tuple(ddf.shape[2:])
+    if not (torch.is_grad_enabled() and ddf.requires_grad):
+        return _sampling_grid_no_grad(ddf)
     grid = torch.stack([ddf[:, axis] for axis in reversed(range(spatial_dims))], dim=-1)
     for axis, size in enumerate(spatial_shape):
         position = torch.arange(size, dtype=grid.dtype, device=grid.device)
@@ -30,8 +32,26 @@ def ddf_sampling_grid(ddf: torch.Tensor) -> torch.Tensor:
     return grid.mul_(2).div_(torch.tensor(sizes, dtype=grid.dtype, device=grid.device)).sub_(1)
 
 
+def _sampling_grid_no_grad(ddf: torch.Tensor) -> torch.Tensor:
+    """:py:func:`ddf_sampling_grid` in two passes instead of six (the same values): ``position + ddf`` written
+    straight into the grid's layout, then ``2 * x / (size - 1) - 1`` as one ``addcdiv`` (doubling is exact)."""
+    spatial_dims, spatial_shape = ddf.shape[1], tuple(ddf.shape[2:])
+    grid = ddf.new_empty((ddf.shape[0], *spatial_shape, spatial_dims))
+    for axis, size in enumerate(spatial_shape):
+        position = torch.arange(size, dtype=grid.dtype, device=grid.device)
+        shape = [size if a == axis else 1 for a in range(spatial_dims)]
+        torch.add(ddf[:, axis], position.view(shape), out=grid[..., spatial_dims - 1 - axis])
+    sizes = [max(size - 1, 1) for size in reversed(spatial_shape)]
+    sizes_tensor = torch.tensor(sizes, dtype=grid.dtype, device=grid.device)
+    return torch.addcdiv(grid.new_full((), -1.0), grid, sizes_tensor, value=2, out=grid)
+
+
 def warp_with_ddf(
-    image: torch.Tensor, ddf: torch.Tensor, padding_mode: str = "zeros", mode: str = "bilinear"
+    image: torch.Tensor,
+    ddf: torch.Tensor,
+    padding_mode: str = "zeros",
+    mode: str = "bilinear",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """
     Backward warping with a dense displacement field: ``out(p) = image(p + ddf(p))``, sampled with
@@ -52,9 +72,12 @@ def warp_with_ddf(
         padding_mode: ``grid_sample`` padding outside the image: "zeros", "border" or "reflection".
         mode: ``grid_sample`` interpolation: "bilinear" ((bi/tri)linear, differentiable), "nearest" (label maps;
             not differentiable) or "bicubic" (2D only, as in PyTorch).
+        out: optional (B, C, *S) tensor to write the result into, of any layout and dtype (converted like
+            ``out.copy_``), as torch's ``out=``; it may be ``image`` itself (the image is sampled before it is
+            overwritten). Not differentiable; meant for inference that reuses memory.
 
     Returns:
-        (B, C, *S) warped image (contiguous), in ``image``'s dtype.
+        (B, C, *S) warped image (contiguous), in ``image``'s dtype; or ``out``.
 
     On CPU (:py:func:`~monai_sacb.networks.utils.use_cpu_kernels`), a single 3D sample is cut into as many slabs
     as there are threads and warped as a batch, since PyTorch's CPU ``grid_sample`` parallelises over the batch
@@ -69,21 +92,26 @@ def warp_with_ddf(
         raise ValueError(f"ddf must be {expected} for an image of shape {tuple(image.shape)}, got {tuple(ddf.shape)}.")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
+    if out is not None and tuple(out.shape) != tuple(image.shape):
+        raise ValueError(f"out must have the image's shape {tuple(image.shape)}, got {tuple(out.shape)}.")
     if not image.is_floating_point():
         if image.is_complex():
             raise ValueError(f"image must be real-valued, got dtype {image.dtype}.")
         dtype = torch.promote_types(ddf.dtype, torch.float32)
-        out = warp_with_ddf(image.to(dtype), ddf.to(dtype), padding_mode, mode)
-        return out.round_().to(image.dtype)
+        warped = warp_with_ddf(image.to(dtype), ddf.to(dtype), padding_mode, mode).round_()
+        return warped.to(image.dtype) if out is None else out.copy_(warped)
     # sampling positions need float32 at least: in bfloat16 a coordinate near 100 is off by up to 0.25 voxel
     dtype = torch.promote_types(image.dtype, torch.float32)
     grid = ddf_sampling_grid(ddf.to(dtype))
     chunks = _thread_chunks(image) if use_cpu_kernels(image) else 1
     if chunks == 1:
-        out = F.grid_sample(image.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
-    else:
-        out = _grid_sample_in_slabs(image.to(dtype), grid, mode, padding_mode, chunks)
-    return out.to(image.dtype)
+        warped = F.grid_sample(image.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+        return warped.to(image.dtype) if out is None else out.copy_(warped)
+    slabs = _grid_sample_in_slabs(image.to(dtype), grid, mode, padding_mode, chunks)
+    if out is None:
+        return slabs.transpose(0, 1).reshape(1, image.shape[1], *spatial_shape).to(image.dtype)
+    out[0].unflatten(1, (chunks, spatial_shape[0] // chunks)).copy_(slabs.transpose(0, 1))
+    return out
 
 
 def _thread_chunks(image: torch.Tensor) -> int:
@@ -100,7 +128,10 @@ def _thread_chunks(image: torch.Tensor) -> int:
 def _grid_sample_in_slabs(
     image: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str, chunks: int
 ) -> torch.Tensor:
-    """CPU kernel of :py:func:`warp_with_ddf` for one 3D sample: the same values, computed on ``chunks`` threads."""
+    """
+    CPU kernel of :py:func:`warp_with_ddf` for one 3D sample: the same values, computed on ``chunks`` threads.
+    Returns the (chunks, C, S0 / chunks, ...) slabs, which ``transpose(0, 1)`` puts in the output's order.
+    """
     spatial_dims, spatial_shape = image.ndim - 2, tuple(image.shape[2:])
     # the output slabs become a batch over one shared (expanded, not copied) input
     slabs = F.grid_sample(
@@ -109,8 +140,8 @@ def _grid_sample_in_slabs(
         mode=mode,
         padding_mode=padding_mode,
         align_corners=True,
-    )  # (chunks, C, S0 / chunks, ...)
-    return slabs.transpose(0, 1).reshape(1, image.shape[1], *spatial_shape)
+    )
+    return slabs
 
 
 def resize_ddf(ddf: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:

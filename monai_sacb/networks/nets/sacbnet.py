@@ -194,13 +194,13 @@ class SACBNetBackbone(nn.Module):
     def _with_warped_moving(self, features: torch.Tensor, flow: torch.Tensor, batch: int) -> torch.Tensor:
         """[fixed; moving] features (2B, C, *S) -> [fixed; moving warped by flow], channels-last like the input."""
         fixed_features, moving_features = features[:batch], features[batch:]
-        warped = warp_with_ddf(moving_features, flow)  # zero padding, as in the paper
         if torch.is_grad_enabled() or not use_cpu_kernels(features):
+            warped = warp_with_ddf(moving_features, flow)  # zero padding, as in the paper
             # grid_sample returns a contiguous tensor; the convolutions that follow are faster on channels-last input
             return torch.cat([fixed_features, warped.contiguous(memory_format=self._memory_format)], dim=0)
         # CPU inference: nothing else reads the encoder's moving features, so overwrite them instead of allocating
         # a concatenation (fresh memory is what costs most on CPU)
-        moving_features.copy_(warped)
+        warp_with_ddf(moving_features, flow, out=moving_features)
         return features
 
     def forward(self, pair: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.networks.blocks import Warp
 
-from monai_sacb.networks.blocks.warp import warp_with_ddf
+from monai_sacb.networks.blocks.warp import ddf_sampling_grid, warp_with_ddf
 
 pytestmark = pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp")
 
@@ -32,6 +32,29 @@ def test_equals_monai_warp_values_and_gradients(shape, padding_mode, threads):
     ref_grads = torch.autograd.grad(expected, (image, ddf), grad)
     for ours, ref in zip(grads, ref_grads):
         torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 8, 6, 5), (2, 2, 5, 7), (1, 1, 4, 1, 3)])
+def test_grid_without_gradient_equals_the_differentiable_one(shape):
+    # inference builds the sampling grid in two passes; the arithmetic, and so every bit, is the same
+    generator = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.float64):
+        ddf = torch.randn(shape[0], len(shape) - 2, *shape[2:], generator=generator, dtype=dtype) * 3
+        with torch.no_grad():
+            fast = ddf_sampling_grid(ddf)
+        assert torch.equal(fast, ddf_sampling_grid(ddf.clone().requires_grad_(True)).detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_out_receives_the_warp_even_when_it_is_the_image(dtype, threads):
+    generator = torch.Generator().manual_seed(2)
+    image = torch.randn(1, 4, 6, 8, 5, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+    ddf = torch.randn(1, 3, 6, 8, 5, generator=generator) * 2
+    expected = warp_with_ddf(image, ddf)
+    assert warp_with_ddf(image, ddf, out=image) is image
+    assert torch.equal(image, expected) and image.is_contiguous(memory_format=torch.channels_last_3d)
+    with pytest.raises(ValueError, match="out must have"):
+        warp_with_ddf(image, ddf, out=torch.empty(1, 3, 6, 8, 5))
 
 
 def test_padding_mode_matters_and_identity_is_exact():
