@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from monai.inferers import Inferer
-from monai.transforms.utils import compute_divisible_spatial_size, generate_spatial_bounding_box
+from monai.transforms.utils import compute_divisible_spatial_size
 
 from monai_sacb.networks.blocks.warp import warp_with_ddf
 
@@ -48,6 +48,24 @@ def symmetric_ddf(forward_ddf: torch.Tensor, backward_ddf: torch.Tensor, iterati
     return ddf
 
 
+def _foreground_profiles(inputs: torch.Tensor) -> list[torch.Tensor]:
+    """
+    For each spatial axis of (B, C, *S) images, a (S_axis,) bool: whether the slice at that position holds a voxel
+    brighter than the minimum of its image (sample and channel) in any sample or channel. From maxima over the other
+    axes, two reads of the images in all (instead of a foreground mask and a reduction of it per axis).
+    """
+    last = inputs.ndim - 1
+
+    def amax(values: torch.Tensor, dims: list[int]) -> torch.Tensor:
+        return values.amax(dims) if dims else values  # amax over no dimension would reduce over all of them
+
+    row_min, row_max = torch.aminmax(inputs, dim=last)  # (B, C, *S[:-1])
+    minimum = row_min.flatten(2).amin(2) if row_min.ndim > 2 else row_min  # (B, C)
+    lines = [amax(row_max, [d for d in range(2, last) if d != axis]) for axis in range(2, last)]
+    lines.append(amax(inputs, list(range(2, last))))
+    return [(line > minimum.unsqueeze(-1)).flatten(0, 1).any(0) for line in lines]
+
+
 def foreground_box(inputs: torch.Tensor, margin: int = 0, k: int = 16) -> tuple[slice, ...]:
     """
     The box of the batch's foreground for registration: the smallest box that holds every foreground voxel of
@@ -69,11 +87,13 @@ def foreground_box(inputs: torch.Tensor, margin: int = 0, k: int = 16) -> tuple[
     if int(margin) < 0 or int(k) < 1:
         raise ValueError(f"margin must be >= 0 and k >= 1, got margin={margin}, k={k}.")
     spatial = tuple(inputs.shape[2:])
-    minimum = inputs.detach().flatten(2).amin(2).view(*inputs.shape[:2], *(1,) * len(spatial))
-    foreground = (inputs.detach() > minimum).flatten(0, 1).any(0, keepdim=True)  # (1, *S)
-    if not bool(foreground.any()):
-        return tuple(slice(0, n) for n in spatial)
-    lows, highs = generate_spatial_bounding_box(foreground, lambda x: x, margin=int(margin), allow_smaller=True)
+    lows, highs = [], []
+    for axis, profile in enumerate(_foreground_profiles(inputs.detach())):
+        index = torch.nonzero(profile).flatten().tolist()
+        if not index:
+            return tuple(slice(0, n) for n in spatial)
+        lows.append(max(index[0] - int(margin), 0))
+        highs.append(min(index[-1] + 1 + int(margin), spatial[axis]))
     sizes = compute_divisible_spatial_size([high - low for low, high in zip(lows, highs)], int(k))
     box = []
     for low, high, size, n in zip(lows, highs, sizes, spatial):

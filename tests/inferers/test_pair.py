@@ -254,6 +254,47 @@ def test_foreground_box_is_the_whole_grid_without_background():
         foreground_box(torch.zeros(1, 2, 16, 16, 16), margin=-1)
 
 
+def _mask_box(inputs, margin, k):
+    """foreground_box's definition, written the plain way: a voxel mask and MONAI's bounding box of it."""
+    from monai.transforms.utils import compute_divisible_spatial_size, generate_spatial_bounding_box
+
+    spatial = tuple(inputs.shape[2:])
+    minimum = inputs.flatten(2).amin(2).view(*inputs.shape[:2], *(1,) * len(spatial))
+    mask = (inputs > minimum).flatten(0, 1).any(0, keepdim=True)
+    if not bool(mask.any()):
+        return tuple(slice(0, n) for n in spatial)
+    lows, highs = generate_spatial_bounding_box(mask, lambda x: x, margin=margin, allow_smaller=True)
+    sizes = compute_divisible_spatial_size([high - low for low, high in zip(lows, highs)], k)
+    box = []
+    for low, high, size, n in zip(lows, highs, sizes, spatial):
+        size = min(int(size), n)
+        start = min(max(low - (size - (high - low)) // 2, 0), n - size)
+        box.append(slice(start, start + size))
+    return tuple(box)
+
+
+@pytest.mark.parametrize("spatial_dims", [1, 2, 3])
+def test_foreground_box_equals_the_box_of_the_foreground_mask(spatial_dims):
+    # random blobs in random samples and channels on a per-image constant background, or noise everywhere
+    generator = torch.Generator().manual_seed(spatial_dims)
+
+    def draw(low, high):
+        return int(torch.randint(low, high, (1,), generator=generator))
+
+    for trial in range(60):
+        shape = [draw(1, 3), 2 * draw(1, 3)] + [draw(3, 40) for _ in range(spatial_dims)]
+        image = torch.randn(*shape[:2], *[1] * spatial_dims, generator=generator).expand(shape).clone()
+        for _ in range(draw(0, 3)):
+            low = [draw(0, n) for n in shape[2:]]
+            region = tuple(slice(a, a + draw(1, 6)) for a in low)
+            image[(draw(0, shape[0]), draw(0, shape[1])) + region] += 0.1 + torch.rand(1, generator=generator).item()
+        if trial % 7 == 0:
+            image = torch.rand(shape, generator=generator)
+        for margin in (0, 3):
+            for k in (1, 16):
+                assert foreground_box(image, margin, k) == _mask_box(image, margin, k), (shape, margin, k)
+
+
 class _Recorder(torch.nn.Module):
     """A 'network' that remembers the shapes it saw and predicts a field that varies along every axis."""
 
