@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
-from monai_sacb.networks.utils import use_cpu_kernels
+from monai_sacb.networks.utils import is_exporting, use_cpu_kernels
 
 __all__ = ["ddf_sampling_grid", "resize_ddf", "warp_with_ddf"]
 
@@ -22,8 +22,8 @@ def ddf_sampling_grid(ddf: torch.Tensor) -> torch.Tensor:
     in that order, like :py:class:`monai.networks.blocks.Warp`, with a single allocation. Differentiable.
     """
     spatial_dims, spatial_shape = ddf.shape[1], tuple(ddf.shape[2:])
-    if not (torch.is_grad_enabled() and ddf.requires_grad):
-        return _sampling_grid_no_grad(ddf)
+    if not (torch.is_grad_enabled() and ddf.requires_grad) and not is_exporting():
+        return _sampling_grid_no_grad(ddf)  # writes into views: kept out of recorded graphs
     grid = torch.stack([ddf[:, axis] for axis in reversed(range(spatial_dims))], dim=-1)
     for axis, size in enumerate(spatial_shape):
         position = torch.arange(size, dtype=grid.dtype, device=grid.device)
