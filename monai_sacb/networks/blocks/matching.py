@@ -14,6 +14,11 @@ from monai_sacb.networks.utils import use_cpu_kernels
 __all__ = ["similarity_matching_flow", "SimilarityMatching"]
 
 
+# float32 elements of one slab of the fixed features in the CPU kernel: small enough that the slab, its shifted
+# moving windows and the product stay in a core's cache across the 27 offsets
+_SLAB_ELEMENTS = 2**18
+
+
 def similarity_matching_flow(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     """
     Parameter-free flow estimate from feature similarity over a 3x3(x3) search window.
@@ -56,11 +61,20 @@ def similarity_matching_flow(moving: torch.Tensor, fixed: torch.Tensor) -> torch
             if moving is fixed:
                 columns += [_shifted(columns[index], offsets[index]) for index in reversed(computed[:-1])]
             scores = torch.stack(columns, dim=1)
-        else:  # the same sums, reusing one product buffer (fresh memory is slow on CPU)
+        else:  # the same sums, in cache-sized slabs, reusing one product buffer (fresh memory is slow on CPU)
             scores = fixed32.new_empty((fixed.shape[0], len(offsets), *spatial_shape))
-            product = torch.empty_like(fixed32)
-            for index in computed:
-                torch.sum(torch.mul(fixed32, moving_pad[windows[index]], out=product), 1, out=scores[:, index])
+            depth = spatial_shape[0]
+            step = max(1, min(depth, _SLAB_ELEMENTS // max(1, fixed32[:, :, :1].numel())))
+            product = torch.empty_like(fixed32[:, :, :step])
+            # every offset's product of one slab while that slab of both feature maps is still in cache
+            for start in range(0, depth, step):
+                stop = min(start + step, depth)
+                block = fixed32[:, :, start:stop]
+                for index in computed:
+                    rows = windows[index][2]
+                    window = windows[index][:2] + (slice(rows.start + start, rows.start + stop),) + windows[index][3:]
+                    out = product[:, :, : stop - start]
+                    torch.sum(torch.mul(block, moving_pad[window], out=out), 1, out=scores[:, index, start:stop])
             if moving is fixed:
                 for index in computed[:-1]:
                     scores[:, -1 - index].copy_(_shifted(scores[:, index], offsets[index]))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+from unittest import mock
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from monai.networks.blocks import Warp
 from torch.nn import functional as F
 
 from monai_sacb.networks import SimilarityMatching, similarity_matching_flow
+from monai_sacb.networks.blocks import matching as matching_module
 
 pytestmark = pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp")
 
@@ -134,6 +136,25 @@ def test_self_match_equals_reference(shape, channels_last):
     torch.testing.assert_close(similarity_matching_flow(features, features), expected, rtol=1e-10, atol=1e-10)
     with torch.no_grad():  # the CPU kernel path, writing into one score buffer
         torch.testing.assert_close(similarity_matching_flow(features, features), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 6), (1, 6, 7, 5, 4)])
+@pytest.mark.parametrize("self_match", [False, True])
+def test_cpu_kernel_in_slabs_equals_the_plain_formulation(shape, self_match):
+    # the CPU kernel computes the scores a few slices of the first spatial axis at a time (7 = 3 + 3 + 1 here):
+    # the same products and channel sums, so the same bits as the plain formulation
+    generator = torch.Generator().manual_seed(6)
+    layout = torch.channels_last_3d if len(shape) == 5 else torch.channels_last
+    fixed = torch.randn(shape, generator=generator).contiguous(memory_format=layout)
+    moving = fixed if self_match else torch.randn(shape, generator=generator).contiguous(memory_format=layout)
+    slab = 3 * fixed[:, :, :1].numel()
+    with torch.no_grad():
+        with mock.patch.object(matching_module, "_SLAB_ELEMENTS", slab):
+            fast = similarity_matching_flow(moving, fixed)
+        with mock.patch.object(matching_module, "use_cpu_kernels", return_value=False):
+            plain = similarity_matching_flow(moving, fixed)
+    assert plain.abs().max() > 0.1
+    assert torch.equal(fast, plain)
 
 
 def test_self_match_gradients_equal_reference():
