@@ -33,8 +33,10 @@ def ddf_sampling_grid(ddf: torch.Tensor) -> torch.Tensor:
 
 
 def _sampling_grid_no_grad(ddf: torch.Tensor) -> torch.Tensor:
-    """:py:func:`ddf_sampling_grid` in two passes instead of six (the same values): ``position + ddf`` written
-    straight into the grid's layout, then ``2 * x / (size - 1) - 1`` as one ``addcdiv`` (doubling is exact)."""
+    """
+    :py:func:`ddf_sampling_grid` in two passes instead of six (the same values): ``position + ddf`` written
+    straight into the grid's layout, then ``2 * x / (size - 1) - 1`` as one ``addcdiv`` (doubling is exact).
+    """
     spatial_dims, spatial_shape = ddf.shape[1], tuple(ddf.shape[2:])
     grid = ddf.new_empty((ddf.shape[0], *spatial_shape, spatial_dims))
     for axis, size in enumerate(spatial_shape):
@@ -134,14 +136,13 @@ def _grid_sample_in_slabs(
     """
     spatial_dims, spatial_shape = image.ndim - 2, tuple(image.shape[2:])
     # the output slabs become a batch over one shared (expanded, not copied) input
-    slabs = F.grid_sample(
+    return F.grid_sample(
         image.expand(chunks, *image.shape[1:]),
         grid.view(chunks, spatial_shape[0] // chunks, *spatial_shape[1:], spatial_dims),
         mode=mode,
         padding_mode=padding_mode,
         align_corners=True,
     )
-    return slabs
 
 
 def resize_ddf(ddf: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
