@@ -21,9 +21,9 @@ def ddf_sampling_grid(ddf: torch.Tensor) -> torch.Tensor:
     (``align_corners=True``, last spatial axis first), computed as ``(position + ddf) * 2 / (size - 1) - 1``
     in that order, like :py:class:`monai.networks.blocks.Warp`, with a single allocation. Differentiable.
     """
-    spatial_dims, spatial_shape = ddf.shape[1], tuple(ddf.shape[2:])
     if not (torch.is_grad_enabled() and ddf.requires_grad) and not is_exporting():
         return _sampling_grid_no_grad(ddf)  # writes into views: kept out of recorded graphs
+    spatial_dims, spatial_shape = ddf.shape[1], tuple(ddf.shape[2:])
     grid = torch.stack([ddf[:, axis] for axis in reversed(range(spatial_dims))], dim=-1)
     for axis, size in enumerate(spatial_shape):
         position = torch.arange(size, dtype=grid.dtype, device=grid.device)
