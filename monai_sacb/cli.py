@@ -560,6 +560,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides[option] = str(Path(os.path.expanduser(getattr(args, option))).absolute())
     if args.resume is not None:
         overrides["resume"] = args.resume
+    if args.pretrained:
+        overrides["pretrained_ckpt"] = _input_file("--pretrained", args.pretrained)
     overrides.update(dict(args.set or ()))
     print(f"training with {', '.join(str(c) for c in configs)}", file=sys.stderr)
     start = time.perf_counter()
@@ -750,7 +752,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="data formats: synth (default: label-synthesised pairs, nothing to download), default, folder, json, "
         "learn2reg, ixi, lpba40 (see bundle/docs/README.md, 'Data').\n\n"
-        f"example:\n  {PROG} train --data-format folder --dataset-dir /data/my_images --spacing 2 --ckpt-dir runs\n\n"
+        f"example:\n  {PROG} train --data-format folder --dataset-dir /data/my_images --spacing 2 --ckpt-dir runs\n"
+        f"fine-tune the shipped model on your data (a smaller learning rate, into a new folder):\n  {PROG} train "
+        "--data-format folder --dataset-dir /data/my_images --spacing 2 --ckpt-dir runs_ft --pretrained "
+        "bundle/models/model.pt --set learning_rate=5e-5\n\n"
         f"{EXIT_CODES}",
         formatter_class=_Formatter,
     )
@@ -766,6 +771,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", dest="resume", action="store_true", default=None, help="go on from the latest checkpoint (default)"
     )
     resume.add_argument("--no-resume", dest="resume", action="store_false", help="start from scratch")
+    tr.add_argument(
+        "--pretrained",
+        metavar="PATH",
+        help="start from these network weights (e.g. the bundle's models/model.pt, to fine-tune the shipped model "
+        "on your data) when CKPT_DIR has no checkpoint to resume; default: random weights",
+    )
     tr.add_argument("--device", metavar="D", type=_device, help="cpu, cuda, cuda:N; default: cuda:0 if available")
     _add_common(tr)
     tr.set_defaults(func=cmd_train)

@@ -282,6 +282,23 @@ def test_train_writes_a_model_that_register_takes(trained, tmp_path, capsys, pai
     assert code == 0, err
 
 
+def test_train_from_pretrained_weights(trained, tmp_path, capsys):
+    missing = tmp_path / "nowhere.pt"
+    line = _user_error(capsys, "train", "--pretrained", missing, "--ckpt-dir", tmp_path / "runs")
+    assert line == f"monai-sacb train: error: --pretrained: file not found: {missing}"
+    model = trained["dir"] / "runs" / "model.pt"
+    code, _, err = _run(
+        capsys, "train", "--data-format", "default", "--dataset-dir", trained["dir"] / "cache", "--spacing", "8",
+        "--max-epochs", "1", "--num-samples", "1", "--ckpt-dir", tmp_path / "runs", "--output-dir", tmp_path / "tb",
+        "--device", "cpu", "--pretrained", model, "--set", "learning_rate=0.0", "--set", "num_val_pairs=2",
+        "--set", "progress_bar=False", "--set", "network_def#kmeans_iters=3",
+    )  # fmt: skip
+    assert code == 0, err
+    start = torch.load(model, weights_only=True)
+    end = torch.load(tmp_path / "runs" / "checkpoint_epoch=1.pt", weights_only=True)["model"]
+    assert all(torch.equal(end[k], v) for k, v in start.items())  # learning rate 0: the pretrained weights kept
+
+
 def test_evaluate_reports_each_pair_and_lists_its_files(trained, tmp_path, capsys):
     if not (BUNDLE / "configs" / "evaluate.json").is_file():
         pytest.skip("this bundle has no evaluate.json")

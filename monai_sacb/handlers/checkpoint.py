@@ -190,14 +190,14 @@ def check_checkpoint_compatible(
     )
 
 
-def _load(path: str, map_location: Any) -> Any:
+def _load(path: str, map_location: Any, option: str = "--ckpt_path") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
         raise ValueError(
             f"cannot read checkpoint {path}: {type(error).__name__}: {error}. The file is truncated, empty or not a "
             "PyTorch checkpoint (an interrupted copy, or a write cut off by a crash of an older version): use "
-            "another --ckpt_path, or copy or train it again."
+            f"another {option}, or copy or train it again."
         ) from error
 
 
@@ -287,7 +287,10 @@ def _schedulers(objects: Mapping) -> list[Any]:
 class ResumeFromLatest:
     """
     Resume training from the newest complete per-epoch checkpoint in ``ckpt_dir`` (see
-    :py:func:`find_resumable_checkpoint`), when there is one; otherwise training starts from scratch.
+    :py:func:`find_resumable_checkpoint`), when there is one; otherwise training starts from scratch, or from the
+    network weights in ``pretrained`` (fine-tuning, e.g. from the bundle's shipped ``models/model.pt``). So the same
+    command both starts a fine-tuning run and resumes it after an interruption; a ``pretrained`` file is read only
+    when there is nothing to resume (to fine-tune again from it, train into another ``ckpt_dir``).
 
     When it is built (so before any data is read) it finds the checkpoint, skipping and reporting newer files
     that are unreadable or partial, and raises a ``ValueError`` saying what to do when the checkpoint holds
@@ -327,6 +330,10 @@ class ResumeFromLatest:
         best_filename: the best network's file in ``ckpt_dir`` (``model.pt``), None to leave it alone.
         best_key: the :py:class:`BestMetricTracker` entry in ``load_dict`` and in the checkpoint.
         model_key: the network's entry in ``load_dict`` and in the checkpoint.
+        pretrained: optional checkpoint (a plain state dict such as ``model.pt``, or a training checkpoint, whose
+            ``model_key`` entry is used) of the network's weights to start from when there is no checkpoint to
+            resume from; only the network is loaded (the optimizer, schedule and epoch count start afresh). A missing
+            file, or one that holds another network's weights, is refused when the handler is built.
     """
 
     def __init__(
@@ -339,6 +346,7 @@ class ResumeFromLatest:
         best_filename: str | None = "model.pt",
         best_key: str = "key_metric",
         model_key: str = "model",
+        pretrained: str | os.PathLike | None = None,
     ) -> None:
         self.logger = logger
         self.ckpt_dir = os.fspath(ckpt_dir)
@@ -352,13 +360,28 @@ class ResumeFromLatest:
         self.checkpoint: Any = None
         self.skipped: list[tuple[str, str]] = []
         self.enabled = enabled
+        self.pretrained = None if pretrained is None else os.path.abspath(os.fspath(pretrained))
+        self._pretrained_weights: Mapping[str, torch.Tensor] | None = None
+        network = self.load_dict.get(model_key)
+        if self.pretrained is not None:
+            if not os.path.isfile(self.pretrained):
+                raise FileNotFoundError(
+                    f"pretrained weights not found: {self.pretrained}; pass the path of a model.pt (the shipped one is "
+                    "the bundle's models/model.pt) or leave --pretrained_ckpt out to train from scratch."
+                )
+            checkpoint = _load(self.pretrained, map_location, "--pretrained_ckpt")
+            try:
+                self._pretrained_weights = network_state_dict(checkpoint, model_key)
+            except ValueError as error:
+                raise ValueError(f"pretrained weights {self.pretrained}: {error}") from None
+            if isinstance(network, torch.nn.Module):
+                check_checkpoint_compatible(self._pretrained_weights, network, self.pretrained, model_key)
         if not enabled:
             return
         if _is_main_process() and os.path.isdir(self.ckpt_dir):
             removed = _remove_temporary_files(self.ckpt_dir)
             if removed:
                 self.logger.warning(f"removed {len(removed)} temporary files of an interrupted write: {removed}")
-        network = self.load_dict.get(model_key)
         required = tuple(k for k in self.load_dict if k != engine_key) + (engine_key,)
         self.load_path, self.checkpoint, self.skipped = find_resumable_checkpoint(
             self.ckpt_dir,
@@ -381,8 +404,17 @@ class ResumeFromLatest:
     def attach(self, engine: Any) -> None:
         if self.load_path is None:
             why = "resume disabled" if not self.enabled else "no complete checkpoint_epoch=*.pt in"
-            engine.logger.info(f"{why} {os.path.abspath(self.ckpt_dir)}: training from scratch.")
+            start = "scratch" if self.pretrained is None else f"the network weights of {self.pretrained}"
+            engine.logger.info(f"{why} {os.path.abspath(self.ckpt_dir)}: training from {start}.")
+            if self.pretrained is not None:
+                engine.add_event_handler(Events.STARTED, self._load_pretrained)
             return
+        if self.pretrained is not None:
+            engine.logger.info(
+                f"resuming from {self.load_path}: the pretrained weights {self.pretrained} only start a run (to "
+                "fine-tune from them again, train into another --ckpt_dir)."
+            )
+            self._pretrained_weights = None
         self.load_dict.setdefault(self.engine_key, engine)
         epoch = self._epochs_done()
         max_epochs = engine.state.max_epochs
@@ -392,6 +424,11 @@ class ResumeFromLatest:
                 f"{epoch} or more to go on from it, or --resume False (or another --ckpt_dir) to start again."
             )
         engine.add_event_handler(Events.STARTED, self)
+
+    def _load_pretrained(self, engine: Any) -> None:
+        _unwrap(self.load_dict[self.model_key]).load_state_dict(self._pretrained_weights)
+        self._pretrained_weights = None  # loaded: free the memory
+        engine.logger.info(f"network weights loaded from {self.pretrained}.")
 
     def _epochs_done(self) -> int:
         state = self.checkpoint[self.engine_key]

@@ -110,3 +110,53 @@ def test_model_pt_without_checkpoint_is_not_overwritten_silently(tmp_path, train
     assert (tmp_path / "models" / "checkpoint_epoch=1.pt").is_file()
     assert not (tmp_path / "models" / "checkpoint_epoch=2.pt").exists()  # the damaged file is gone
 
+
+
+def test_pretrained_weights_start_a_run_and_a_rerun_resumes_it(tmp_path, trained_root, train, capsys):
+    """--pretrained_ckpt: the network starts from those weights (at learning rate 0 it keeps them exactly), without
+    the self-estimate ramp; the same command again resumes the run's own checkpoint instead of reloading them."""
+    pretrained = trained_root / "models" / "model.pt"
+    weights = torch.load(pretrained, weights_only=True)
+    capsys.readouterr()
+    workflow = train(max_epochs=1, learning_rate=0.0, pretrained_ckpt=str(pretrained))
+    out = capsys.readouterr().out
+    assert f"training from the network weights of {pretrained}" in out and "network weights loaded from" in out
+    assert workflow.parser.get_parsed_content("self_estimate_warmup") == 0
+    saved = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=True)["model"]
+    assert set(saved) == set(weights) and all(torch.equal(saved[k], v) for k, v in weights.items())
+
+    train(max_epochs=2, learning_rate=2e-4, pretrained_ckpt=str(pretrained))
+    out = capsys.readouterr().out
+    assert re.search(r"resuming from .*checkpoint_epoch=1\.pt: the pretrained weights .* only start a run", out)
+    assert re.search(r"resumed from .*checkpoint_epoch=1\.pt: epoch 1 of 2 done", out)
+    assert "network weights loaded from" not in out
+
+
+def test_without_pretrained_weights_training_starts_from_random_ones(tmp_path, trained_root, train):
+    workflow = train(max_epochs=1, learning_rate=0.0)
+    assert workflow.parser.get_parsed_content("self_estimate_warmup") == 40
+    saved = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=True)["model"]
+    weights = torch.load(trained_root / "models" / "model.pt", weights_only=True)
+    assert not all(torch.equal(saved[k], v) for k, v in weights.items())
+
+
+def test_missing_or_foreign_pretrained_weights_are_refused(tmp_path, train, error_chain):
+    with pytest.raises(Exception) as info:
+        train(max_epochs=1, pretrained_ckpt=str(tmp_path / "nowhere.pt"))
+    assert "pretrained weights not found" in error_chain(info) and "bundle's models/model.pt" in error_chain(info)
+    foreign = tmp_path / "foreign.pt"
+    torch.save(torch.nn.Linear(2, 3).state_dict(), foreign)
+    with pytest.raises(Exception) as info:
+        train(max_epochs=1, pretrained_ckpt=str(foreign))
+    assert f"checkpoint {foreign} was not saved from this network" in error_chain(info)
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception) as info:
+        train(max_epochs=1, pretrained_ckpt=str(damaged))
+    assert f"cannot read checkpoint {damaged}" in error_chain(info) and "another --pretrained_ckpt" in error_chain(info)
+    optimizer_only = tmp_path / "optimizer_only.pt"
+    torch.save({"optimizer": {"state": {}}}, optimizer_only)
+    with pytest.raises(Exception) as info:
+        train(max_epochs=1, pretrained_ckpt=str(optimizer_only))
+    assert f"pretrained weights {optimizer_only}: no network weights under 'model'" in error_chain(info)
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").glob("*.pt"))
