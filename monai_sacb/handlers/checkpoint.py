@@ -360,7 +360,8 @@ class ResumeFromLatest:
         self.checkpoint: Any = None
         self.skipped: list[tuple[str, str]] = []
         self.enabled = enabled
-        self.pretrained = None if pretrained is None else os.path.abspath(os.fspath(pretrained))
+        # "" counts as none, as a config or command line may spell it
+        self.pretrained = os.path.abspath(os.fspath(pretrained)) if pretrained not in (None, "") else None
         self._pretrained_weights: Mapping[str, torch.Tensor] | None = None
         network = self.load_dict.get(model_key)
         if self.pretrained is not None:

@@ -132,8 +132,10 @@ def test_pretrained_weights_start_a_run_and_a_rerun_resumes_it(tmp_path, trained
     assert "network weights loaded from" not in out
 
 
-def test_without_pretrained_weights_training_starts_from_random_ones(tmp_path, trained_root, train):
-    workflow = train(max_epochs=1, learning_rate=0.0)
+def test_without_pretrained_weights_training_starts_from_random_ones(tmp_path, trained_root, train, capsys):
+    capsys.readouterr()
+    workflow = train(max_epochs=1, learning_rate=0.0, pretrained_ckpt="")  # "" as well as None: none
+    assert "training from scratch" in capsys.readouterr().out
     assert workflow.parser.get_parsed_content("self_estimate_warmup") == 40
     saved = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=True)["model"]
     weights = torch.load(trained_root / "models" / "model.pt", weights_only=True)
