@@ -12,9 +12,13 @@ import torch
 from monai_sacb.handlers import latest_checkpoint
 
 
-def test_multi_gpu_override_with_torchrun_gloo(tmp_path, tiny_cache, bundle_configs, tiny_overrides):
-    """The Model Zoo multi-GPU override, run on CPU: torchrun with 2 processes, gloo backend, DDP, DistributedSampler."""
-    overrides = tiny_overrides(tmp_path, tiny_cache, max_epochs=1, num_samples=4)
+def test_multi_gpu_override_with_torchrun_gloo(tmp_path, tiny_cache, bundle_configs, tiny_overrides, trained_root):
+    """The Model Zoo multi-GPU override, run on CPU: torchrun with 2 processes, gloo backend, DDP, DistributedSampler;
+    fine-tuning from pretrained weights (at learning rate 0, so that they must come out unchanged)."""
+    pretrained = trained_root / "models" / "model.pt"
+    overrides = tiny_overrides(
+        tmp_path, tiny_cache, max_epochs=1, num_samples=4, pretrained_ckpt=str(pretrained), learning_rate=0.0
+    )
     args = []
     for key, value in overrides.items():
         args += [f"--{key}", str(value)]
@@ -46,4 +50,6 @@ def test_multi_gpu_override_with_torchrun_gloo(tmp_path, tiny_cache, bundle_conf
     assert state["key_metric"]["best_epoch"] == 1 and len(state["key_metric"]["history"]) == 1
     best = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(best[k], v) for k, v in state["model"].items())
+    start = torch.load(pretrained, weights_only=True)
+    assert set(start) == set(state["model"]) and all(torch.equal(state["model"][k], v) for k, v in start.items())
     assert not list((tmp_path / "models").glob(".*.tmp"))
