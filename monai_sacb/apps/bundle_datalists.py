@@ -225,6 +225,12 @@ def _check_labels(data: list[dict], fmt: str, dataset_dir: Any, section: str) ->
         f"label maps (first: {example}), but their warped labels are scored (train.json's validation: "
         f"val_mean_dice selects model.pt; evaluate.json: Dice, HD95, ASSD). "
         f"Give labels: {_LABEL_HINTS.get(fmt, 'add moving_label and fixed_label')}."
+        + (
+            " To train on images without label maps, skip validation: --val_interval 0 (model.pt is then the latest "
+            "network, not the best validated one)."
+            if section == "validation"
+            else ""
+        )
     )
 
 

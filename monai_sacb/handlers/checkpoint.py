@@ -627,6 +627,9 @@ class TrainerCheckpointSaver:
         save_interval: write a checkpoint every this many epochs (and at the last epoch, and at every epoch
             with a new best, so that ``model.pt`` is always backed by a checkpoint).
         n_saved: per-epoch checkpoints kept (the newest ones).
+        save_latest_model: write ``best_filename`` with every checkpoint, the latest network, instead of the best
+            validated one: for a run without validation (the bundle's ``--val_interval 0``, e.g. on images without
+            label maps), which has no best network but should still leave a ``model.pt``.
     """
 
     def __init__(
@@ -640,10 +643,11 @@ class TrainerCheckpointSaver:
         model_key: str = "model",
         save_interval: int = 1,
         n_saved: int = 1,
+        save_latest_model: bool = False,
     ) -> None:
         if save_interval < 1 or n_saved < 1:
             raise ValueError(f"save_interval and n_saved must be at least 1, got {save_interval}, {n_saved}.")
-        if best_tracker is not None and model_key not in save_dict:
+        if (best_tracker is not None or save_latest_model) and model_key not in save_dict:
             raise ValueError(f"save_dict needs the network under {model_key!r} to write {best_filename}.")
         self.save_dir = os.fspath(save_dir)
         self.save_dict = dict(save_dict)
@@ -654,6 +658,7 @@ class TrainerCheckpointSaver:
         self.model_key = model_key
         self.save_interval = save_interval
         self.n_saved = n_saved
+        self.save_latest_model = bool(save_latest_model)
         self.logger = logger
 
     def attach(self, engine: Any) -> None:
@@ -682,12 +687,15 @@ class TrainerCheckpointSaver:
         path = os.path.join(self.save_dir, f"checkpoint_epoch={epoch}.pt")
         atomic_save(state, path)
         self.logger.info(f"Saved checkpoint at epoch: {epoch} ({path})")
+        best_path = os.path.join(self.save_dir, self.best_filename)
         if new_best:
-            best_path = os.path.join(self.save_dir, self.best_filename)
             atomic_save(state[self.model_key], best_path)
             was = "" if previous is None or previous[0] is None else f", was {previous[0]:.4f} at epoch {previous[1]}"
             best = self.best_tracker.best_metric  # type: ignore[union-attr]
             self.logger.info(f"Saved {best_path}: best validation metric {best:.4f} at epoch {epoch}{was}.")
+        elif self.save_latest_model:
+            atomic_save(state[self.model_key], best_path)
+            self.logger.info(f"Saved {best_path}: the network of epoch {epoch} (no validation: the latest network).")
         self._prune(epoch)
 
     def _prune(self, epoch: int) -> None:

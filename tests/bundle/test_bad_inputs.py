@@ -112,7 +112,35 @@ def test_training_without_validation_labels_fails_before_the_first_epoch(
     message = fails([bundle_configs.train, bundle_configs.data_files], **overrides)
     assert re.search(r"2 of the 2 validation pairs of data format 'folder' in '.*images' have no label maps", message)
     assert "labels/ folder" in message and "val_mean_dice" in message
+    assert "To train on images without label maps, skip validation: --val_interval 0" in message
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())  # no epoch ran
+
+
+def test_training_without_labels_and_without_validation_leaves_the_latest_network(
+    tmp_path, tiny_cache, run_bundle, bundle_configs, tiny_overrides, capsys
+):
+    """The fix the message above names: --val_interval 0 trains on images without label maps; model.pt is the
+    network of the last epoch."""
+    import torch
+
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(3):
+        _write(data / f"subject_{i}.nii.gz", _image(i, (32, 32, 32)), np.eye(4))
+    overrides = tiny_overrides(
+        tmp_path, tiny_cache, data_format="folder", dataset_dir=str(data), val_interval=0, rand_pad_prob=1.0
+    )
+    capsys.readouterr()
+    workflow = run_bundle([bundle_configs.train, bundle_configs.data_files], **overrides)
+    out = capsys.readouterr().out
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2 and trainer.state.iteration == 2 * 6  # 3 images: 6 ordered pairs per epoch
+    assert "val_mean_dice" not in out and "Saved" in out
+    assert "the network of epoch 2 (no validation: the latest network)" in out
+    checkpoint = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", weights_only=True)
+    model = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(model[k], v) for k, v in checkpoint["model"].items())
+    assert checkpoint["key_metric"]["best_epoch"] is None and checkpoint["key_metric"]["history"] == []
 
 
 # ------------------------------------------------------------------------------ issue 9.5: files the net can't take

@@ -53,3 +53,26 @@ def test_multi_gpu_override_with_torchrun_gloo(tmp_path, tiny_cache, bundle_conf
     start = torch.load(pretrained, weights_only=True)
     assert set(start) == set(state["model"]) and all(torch.equal(state["model"][k], v) for k, v in start.items())
     assert not list((tmp_path / "models").glob(".*.tmp"))
+
+
+def test_multi_gpu_override_without_validation(tmp_path, tiny_cache, bundle_configs, tiny_overrides):
+    """--val_interval 0 under torchrun: the empty validation set builds its DistributedSampler (MONAI refuses an
+    uneven one with fewer items than ranks), no validation runs, and model.pt is the latest network."""
+    overrides = tiny_overrides(tmp_path, tiny_cache, max_epochs=1, num_samples=4, val_interval=0)
+    args = []
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run", "--config_file", str([*bundle_configs.tiny_train, bundle_configs.multi_gpu]),
+        *args,
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "val_mean_dice" not in result.stdout + result.stderr
+    state = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 2 and state["key_metric"]["history"] == []
+    model = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(model[k], v) for k, v in state["model"].items())
+

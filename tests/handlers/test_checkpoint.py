@@ -154,6 +154,26 @@ def test_saver_writes_checkpoint_then_model_then_removes_older(tmp_path, monkeyp
     assert saved["key_metric"] == {"best_metric": 0.7, "best_epoch": 2, "history": history}
 
 
+def test_saver_without_validation_writes_the_latest_network_as_model_pt(tmp_path):
+    from ignite.engine import Engine
+
+    net = torch.nn.Linear(2, 1)
+
+    def step(engine, batch):
+        with torch.no_grad():
+            net.weight.add_(1.0)
+
+    trainer = Engine(step)
+    TrainerCheckpointSaver(tmp_path, {"model": net}, best_tracker=BestMetricTracker(), save_latest_model=True).attach(
+        trainer
+    )
+    trainer.run([0, 1], max_epochs=3)  # the tracker never sees a validation
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=3.pt", "model.pt"]
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], net.weight.detach())
+    with pytest.raises(ValueError, match="needs the network under 'model'"):
+        TrainerCheckpointSaver(tmp_path, {"net": net}, save_latest_model=True)
+
+
 def test_latest_checkpoint_by_epoch_number(tmp_path):
     assert latest_checkpoint(tmp_path / "missing") is None
     for epoch in (2, 10, 9):
