@@ -201,6 +201,26 @@ def _load(path: str, map_location: Any, option: str = "--ckpt_path") -> Any:
         ) from error
 
 
+def _read_network_weights(
+    path: str, network: Any, map_location: Any, key: str, what: str, hint: str, option: str
+) -> Mapping[str, torch.Tensor]:
+    """
+    The network weights in the checkpoint file ``path``, or an error naming the file when it is missing (with
+    ``hint``), unreadable (naming ``option``), holds no weights under ``key``, or, when ``network`` is a module,
+    holds weights of another network. ``what`` names the file in the messages (``"checkpoint"``).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {os.path.abspath(path)}; {hint}.")
+    checkpoint = _load(path, map_location, option)
+    try:
+        weights = network_state_dict(checkpoint, key)
+    except ValueError as error:
+        raise ValueError(f"{what} {path}: {error}") from None
+    if isinstance(network, torch.nn.Module):
+        check_checkpoint_compatible(weights, network, path, key)
+    return weights
+
+
 class CheckedCheckpointLoader(CheckpointLoader):
     """
     :py:class:`monai.handlers.CheckpointLoader` that fails when it is built (so at once, before any data is read),
@@ -225,10 +245,11 @@ class CheckedCheckpointLoader(CheckpointLoader):
         **kwargs: Any,
     ) -> None:
         load_path = os.fspath(load_path)
-        if not os.path.isfile(load_path):
+        network = load_dict.get(key)
+        if isinstance(network, torch.nn.Module):
+            _read_network_weights(load_path, network, map_location, key, "checkpoint", hint, "--ckpt_path")
+        elif not os.path.isfile(load_path):
             raise FileNotFoundError(f"checkpoint not found: {os.path.abspath(load_path)}; {hint}.")
-        if key in load_dict and isinstance(load_dict[key], torch.nn.Module):
-            check_checkpoint_compatible(_load(load_path, map_location), load_dict[key], load_path, key)
         super().__init__(load_path=load_path, load_dict=load_dict, map_location=map_location, **kwargs)
 
 
@@ -365,18 +386,13 @@ class ResumeFromLatest:
         self._pretrained_weights: Mapping[str, torch.Tensor] | None = None
         network = self.load_dict.get(model_key)
         if self.pretrained is not None:
-            if not os.path.isfile(self.pretrained):
-                raise FileNotFoundError(
-                    f"pretrained weights not found: {self.pretrained}; pass the path of a model.pt (the shipped one is "
-                    "the bundle's models/model.pt) or leave --pretrained_ckpt out to train from scratch."
-                )
-            checkpoint = _load(self.pretrained, map_location, "--pretrained_ckpt")
-            try:
-                self._pretrained_weights = network_state_dict(checkpoint, model_key)
-            except ValueError as error:
-                raise ValueError(f"pretrained weights {self.pretrained}: {error}") from None
-            if isinstance(network, torch.nn.Module):
-                check_checkpoint_compatible(self._pretrained_weights, network, self.pretrained, model_key)
+            hint = (
+                "pass the path of a model.pt (the shipped one is the bundle's models/model.pt) or leave "
+                "--pretrained_ckpt out to train from scratch"
+            )
+            self._pretrained_weights = _read_network_weights(
+                self.pretrained, network, map_location, model_key, "pretrained weights", hint, "--pretrained_ckpt"
+            )
         if not enabled:
             return
         if _is_main_process() and os.path.isdir(self.ckpt_dir):
