@@ -10,7 +10,9 @@ by instance optimisation. SACBNet is the bundle's network (``SACBNetBackbone(sub
 Pairs: by default the held-out validation pairs of the label-synthesis dataset (FSL MNI152 T1 with the
 Desikan-Killiany parcellation, a template and a parcellation that training never saw, both sides deformed
 independently; 2 mm, 80x96x80); or any JSON list of ``{"moving_image", "fixed_image", "moving_label",
-"fixed_label"}`` pairs on one grid (``--pairs``). Images are normalised like the bundle's inference (percentiles to
+"fixed_label"}`` pairs on one grid (``--pairs``); or the two real pairs of an individual brain and a population
+template, Colin27 <-> FSL MNI152, with atlas labels drawn on each (``--colin27 subcortical|lobes|tissue``,
+:py:mod:`monai_sacb.apps.colin27`; ``apt install mricron-data``). Images are normalised like the bundle's inference (percentiles to
 [0, 1]). ``--pad_to 96,112,96`` pads every pair with background to that size (the issue's reference size for timings).
 
 For each method and pair: mean Dice over the fixed image's labels (nearest-neighbour label warp), mean HD95 over
@@ -23,6 +25,7 @@ itself should not move. Results are means (and standard deviations) over pairs.
     python benchmarks/bench_accuracy.py --model bundle/models/model.pt --voxelmorph runs/vm/model.pt --ants
     python benchmarks/bench_accuracy.py --model bundle/models/model.pt --io_steps 0 --threads 2 --num_pairs 4
     python benchmarks/bench_accuracy.py --cpu_bfloat16   # adds the network under CPU bfloat16 autocast
+    python benchmarks/bench_accuracy.py --colin27 subcortical --ants --crop_foreground --cpu_bfloat16
 
 Timings are of this process on this machine; run it alone (``chrt -f 10`` on a shared machine).
 """
@@ -52,6 +55,10 @@ def _load_pairs(args) -> list[dict[str, torch.Tensor]]:
 
     if args.pairs:
         items = json.loads(Path(args.pairs).read_text())
+    elif args.colin27:
+        from monai_sacb.apps.colin27 import prepare_colin27_pairs
+
+        items = prepare_colin27_pairs()[args.colin27]
     else:
         from monai_sacb.apps import prepare_synth_dataset
 
@@ -183,6 +190,13 @@ def main() -> None:
         "'[0, 50, 10]'; 'default': InstanceOptimization's own (100, 50, 10); '0': none)",
     )
     parser.add_argument("--pairs", default="", help="JSON list of pairs (default: the held-out synth pairs)")
+    parser.add_argument(
+        "--colin27",
+        default="",
+        choices=["", "subcortical", "lobes", "tissue"],
+        help="instead, the real pairs Colin27 <-> FSL MNI152 (apt install mricron-data) with this label set "
+        "(monai_sacb.apps.colin27)",
+    )
     parser.add_argument("--num_pairs", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pad_to", default="", help="pad every pair with background to this size, e.g. 96,112,96")

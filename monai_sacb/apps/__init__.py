@@ -19,6 +19,7 @@ from .bundle_datalists import (
     generated_spacing,
     inference_datalist,
 )
+from .colin27 import COLIN27_LABEL_SETS, prepare_colin27_pairs
 from .default_dataset import COARSE_AAL_REGIONS, default_datalist, default_pair_kwargs, prepare_default_dataset
 from .synth_dataset import ATLAS_FILES, TRAINING_ATLASES, VALIDATION_ATLAS, prepare_synth_dataset, synth_datalist
 from .utils import DEFAULT_SPACING, default_cache_dir

