@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -137,14 +138,35 @@ def read_json(path: PathLike, what: str) -> Any:
         raise ValueError(f"{what} {path} is not a UTF-8 text file ({error}); is it the right file?") from error
 
 
+def _umask() -> int:
+    """The process's file-creation mask, read without changing it where Linux reports it (other threads may be
+    creating files)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Any) -> None:
-    """Run ``write(tmp_path)`` on a temporary file next to ``path`` then rename it, so ``path`` is never partial."""
+    """
+    Run ``write(tmp_path)`` on a temporary file next to ``path`` then rename it, so ``path`` is never partial. The
+    file gets the permissions of a plain ``open(path, "w")``: those of the file it replaces, else ``0o666`` less the
+    process's umask (a temporary file alone would leave it readable by its owner only).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(os.stat(path).st_mode) if path.is_file() else 0o666 & ~_umask()
     # the temporary name keeps the final suffixes: nibabel picks gzip compression from ".nii.gz"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes[-2:]), dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -116,3 +120,19 @@ def test_save_nifti_space_and_atomicity(tmp_path):
         atomic_write(tmp_path / "mni.nii.gz", fail)
     assert nib.load(tmp_path / "mni.nii.gz").shape == (2, 3, 4)  # the old file is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mni.nii.gz", "sub"]  # no temporary file left
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask-022", "umask-027"])
+def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        save_json({"a": 1}, tmp_path / "new.json")
+        with open(tmp_path / "plain.json", "w") as f:
+            f.write("{}")
+        assert stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode) == stat.S_IMODE(os.stat(tmp_path / "plain.json").st_mode)
+        assert stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode) == 0o666 & ~umask
+        os.chmod(tmp_path / "new.json", 0o600)  # replacing a file keeps its permissions
+        save_json({"a": 2}, tmp_path / "new.json")
+        assert stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode) == 0o600 and json.loads((tmp_path / "new.json").read_text()) == {"a": 2}
+    finally:
+        os.umask(old)
