@@ -72,7 +72,7 @@ def _load_pairs(args) -> list[dict[str, torch.Tensor]]:
         out = pad(out) if pad is not None else out
         pair = {k: out[k].as_tensor()[None] for k in ("moving_image", "fixed_image", "moving_label", "fixed_label")}
         pair["spacing"] = [float(s) for s in out["fixed_image"].pixdim[:3]]
-        pair["name"] = Path(str(item["moving_image"])).name
+        pair["name"] = f"{Path(str(item['moving_image'])).name} onto {Path(str(item['fixed_image'])).name}"
         pairs.append(pair)
     return pairs
 
@@ -170,6 +170,26 @@ def _metrics(out: dict, pair: dict, hd95: bool) -> dict:
     return row
 
 
+def _save_panel(path: str, pair: dict, out: dict, method: str) -> None:
+    from monai_sacb.metrics import compute_label_dice
+    from monai_sacb.networks.blocks import warp_with_ddf
+    from monai_sacb.visualize import registration_panel, save_figure
+
+    if "ddf" not in out:
+        raise SystemExit(f"--panel draws a network's field; the last method, {method}, gives none.")
+    ddf = out["ddf"].float()
+    warped = warp_with_ddf(pair["moving_image"], ddf)
+    warped_label = warp_with_ddf(pair["moving_label"].round().to(torch.int32), ddf, mode="nearest")
+    dice = [float(torch.nanmean(compute_label_dice(m.float(), pair["fixed_label"].round()))) for m in
+            (pair["moving_label"].round(), warped_label)]
+    figure = registration_panel(
+        pair["fixed_image"], pair["moving_image"], warped, ddf,
+        pair["fixed_label"].round().long(), pair["moving_label"].round().long(), warped_label.long(),
+        spacing=pair["spacing"], title=f"{pair['name']}, {method}: Dice {dice[0]:.3f} -> {dice[1]:.3f}",
+    )
+    print(f"panel: {save_figure(figure, path)}")
+
+
 def _summary(values: list[float]) -> str:
     if not values:
         return "-"
@@ -202,6 +222,12 @@ def main() -> None:
     parser.add_argument("--pad_to", default="", help="pad every pair with background to this size, e.g. 96,112,96")
     parser.add_argument("--no_hd95", action="store_true", help="skip HD95 (the slowest metric)")
     parser.add_argument("--json", default="", help="also write per-pair results to this JSON file")
+    parser.add_argument(
+        "--panel",
+        default="",
+        help="also draw the first pair as registered by the table's last method into this PNG "
+        "(monai_sacb.visualize.registration_panel; the default table's last row is the bundle's default)",
+    )
     parser.add_argument(
         "--cpu_bfloat16",
         action="store_true",
@@ -303,6 +329,9 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.panel:
+        name = list(methods)[-1]
+        _save_panel(args.panel, pairs[0], methods[name](pairs[0]["moving_image"], pairs[0]["fixed_image"]), name)
 
 
 if __name__ == "__main__":
