@@ -11,7 +11,8 @@ and validation pairs built from a template and a parcellation that training neve
   leave unlabelled split into three tissue classes of the ICBM 2009c T1 (so white matter and CSF have structure
   too). The ICBM 2009c T1 is the real image that a share of the training pairs keeps.
 - Held-out validation: the FSL MNI152 T1 (a different template) with the Desikan-Killiany parcellation (a
-  different atlas family: FreeSurfer's cortical and subcortical labels, white matter and ventricles left out),
+  different atlas family: FreeSurfer's 68 cortical regions and 26 other labels, among them the corpus callosum and
+  the inferior horns of the lateral ventricles; cerebral white matter and the other ventricles left out),
   both sides deformed by independent seeded random deformations. Validation Dice on these pairs measures
   registration of an unseen image with unseen label boundaries; it is still MNI-space anatomy, not real
   inter-subject variation.
