@@ -12,8 +12,9 @@ Desikan-Killiany parcellation, a template and a parcellation that training never
 independently; 2 mm, 80x96x80); or any JSON list of ``{"moving_image", "fixed_image", "moving_label",
 "fixed_label"}`` pairs on one grid (``--pairs``); or the two real pairs of an individual brain and a population
 template, Colin27 <-> FSL MNI152, with atlas labels drawn on each (``--colin27 subcortical|lobes|tissue``,
-:py:mod:`monai_sacb.apps.colin27`; ``apt install mricron-data``). Images are normalised like the bundle's inference (percentiles to
-[0, 1]). ``--pad_to 96,112,96`` pads every pair with background to that size (the issue's reference size for timings).
+:py:mod:`monai_sacb.apps.colin27`; ``apt install mricron-data``). Images are normalised like the bundle's inference
+(percentiles to [0, 1]). ``--pad_to 96,112,96`` pads every pair with background to that size (the issue's reference
+size for timings).
 
 For each method and pair: mean Dice over the fixed image's labels (nearest-neighbour label warp), mean HD95 over
 labels (mm), % of voxels with a non-positive Jacobian determinant, SD of the log Jacobian determinant, and wall

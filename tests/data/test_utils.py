@@ -129,10 +129,11 @@ def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path, umask):
         save_json({"a": 1}, tmp_path / "new.json")
         with open(tmp_path / "plain.json", "w") as f:
             f.write("{}")
-        assert stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode) == stat.S_IMODE(os.stat(tmp_path / "plain.json").st_mode)
-        assert stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode) == 0o666 & ~umask
+        mode = stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode)
+        assert mode == stat.S_IMODE(os.stat(tmp_path / "plain.json").st_mode) == 0o666 & ~umask
         os.chmod(tmp_path / "new.json", 0o600)  # replacing a file keeps its permissions
         save_json({"a": 2}, tmp_path / "new.json")
-        assert stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode) == 0o600 and json.loads((tmp_path / "new.json").read_text()) == {"a": 2}
+        assert stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode) == 0o600
+        assert json.loads((tmp_path / "new.json").read_text()) == {"a": 2}
     finally:
         os.umask(old)
