@@ -399,6 +399,27 @@ def _model_path(args: argparse.Namespace, bundle: Path) -> str:
     return str(shipped)
 
 
+def _fine_voxel_hint(fixed: str) -> str | None:
+    """
+    A note when FIXED (NIfTI) has voxels much finer than the 2 mm the shipped weights were trained at, where
+    ``--spacing 2`` registers faster and no worse; None when it has not, or when its header cannot be read here.
+    """
+    try:
+        import nibabel as nib
+
+        zooms = [float(z) for z in nib.load(fixed).header.get_zooms()[:3]]
+    except Exception:  # not NIfTI, or unreadable: the workflow reports real problems itself
+        return None
+    if len(zooms) < 3 or min(zooms) >= 1.5:
+        return None
+    voxels = "x".join(f"{z:g}" for z in zooms)
+    return (
+        f"note: FIXED has {voxels} mm voxels and the shipped weights were trained at 2 mm; --spacing 2 registers "
+        "such a pair 2-3x faster and as well (Colin27 onto the 1 mm MNI152: 12 s against 32 s, Dice of deep grey "
+        "structures 0.703 against 0.695). The outputs are on FIXED's grid either way."
+    )
+
+
 def _kind_order(path: Path) -> tuple[int, str]:
     order = ["warped moving image", "warped moving label", "MONAI ddf", "displacement field", "ITK"]
     kind = _describe_output(path)
@@ -449,6 +470,9 @@ def cmd_register(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     before = _snapshot(out)
     print(f"registering {moving} (moving) to {fixed} (fixed) with {overrides['ckpt_path']}", file=sys.stderr)
+    hint = _fine_voxel_hint(fixed) if args.spacing is None and not args.model else None
+    if hint:
+        print(textwrap.fill(hint, width=110, break_on_hyphens=False), file=sys.stderr)
     start = time.perf_counter()
     run_workflow(
         bundle, [config], overrides, "infer", args.verbose, args.verbose, args.debug, "evaluator", _progress(1)

@@ -368,3 +368,23 @@ def test_no_crop_registers_the_whole_grid(command, pair, tmp_path, capsys, monke
     assert len(seen) == 2
     assert seen[0].get("crop_foreground", True) is True
     assert seen[1]["crop_foreground"] is False
+
+
+def test_register_suggests_2_mm_for_fine_voxels_with_the_shipped_weights(pair, tmp_path, capsys, monkeypatch):
+    """A 1 mm FIXED with the shipped weights and no --spacing gets a note naming --spacing 2; otherwise no note."""
+    import monai_sacb.cli as cli
+
+    def fake_run(bundle, configs, overrides, *args, **kwargs):
+        Path(overrides["output_dir"], "written.nii.gz").write_bytes(b"")
+
+    monkeypatch.setattr(cli, "run_workflow", fake_run)
+    fine = tmp_path / "fine.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.diag([1.0, 1.0, 1.2, 1.0])), fine)
+    shipped = ["register", pair["moving"], fine, "-o", tmp_path / "a"]
+    code, _, err = _run(capsys, *shipped)
+    assert code == 0 and "1x1x1.2 mm voxels" in err and "--spacing 2" in err
+    for extra in (["--spacing", "2"], ["--model", pair["model"]]):
+        code, _, err = _run(capsys, *shipped, *extra)
+        assert code == 0 and "note:" not in err
+    code, _, err = _run(capsys, "register", pair["moving"], pair["fixed"], "-o", tmp_path / "b")  # 1.8 mm voxels
+    assert code == 0 and "note:" not in err
