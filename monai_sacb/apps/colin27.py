@@ -37,6 +37,7 @@ from monai_sacb.apps.utils import (
     brain_image,
     brain_template,
     default_cache_dir,
+    digest,
     package_file,
     read_manifest,
     resample_volume,
@@ -172,7 +173,7 @@ def prepare_colin27_pairs(
 ) -> dict[str, Any]:
     """
     Colin27 and the FSL MNI152 template with corresponding labels (see the module docstring), prepared once into
-    ``<cache_dir>/colin27/<spacing>mm`` (later calls read its manifest). No network access.
+    ``<cache_dir>/colin27/<spacing>mm_<hash of the source folder>`` (later calls read its manifest). No network access.
 
     Args:
         cache_dir: root of the cache (default :py:func:`monai_sacb.apps.utils.default_cache_dir`).
@@ -192,7 +193,8 @@ def prepare_colin27_pairs(
     sources = {name: mricron / name for name in ("ch2bet.nii.gz", "aal.nii.gz", "aal.nii.txt")}
     missing = [str(p) for p in sources.values() if not p.is_file()]
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    folder = root / "colin27" / f"{spacing:g}mm"
+    # the source folder is part of the name: pairs prepared from other files are never reused
+    folder = root / "colin27" / f"{spacing:g}mm_{digest({'source': str(mricron.resolve()), 'v': _FORMAT_VERSION})}"
     manifest_path = folder / "manifest.json"
     manifest = read_manifest(manifest_path, _FORMAT_VERSION, COLIN27_LABEL_SETS)
     if manifest is not None:

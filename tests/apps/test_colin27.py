@@ -85,8 +85,16 @@ def test_labels_stay_inside_the_brain_and_pairs_are_read_once(prepared, monkeypa
     assert image.max() <= 1.0 and image.min() >= 0.0
     for label_set in COLIN27_LABEL_SETS:
         assert np.all(_load(info[label_set][0]["moving_label"])[image == 0] == 0)
-    monkeypatch.setattr(module, "brain_image", lambda *a, **k: pytest.fail("prepared twice"))
+    def prepare_again(*args, **kwargs):
+        raise RuntimeError("prepared again")
+
+    monkeypatch.setattr(module, "brain_image", prepare_again)
     assert prepare_colin27_pairs(cache, spacing=SPACING, mricron_dir=mricron_from_the_mni152) == info
+    # files from another source folder are not taken for these
+    other = cache.parent / "other_mricron"
+    shutil.copytree(mricron_from_the_mni152, other, dirs_exist_ok=True)
+    with pytest.raises(RuntimeError, match="prepared again"):
+        prepare_colin27_pairs(cache, spacing=SPACING, mricron_dir=other)
 
 
 def test_missing_mricron_data_names_the_package(tmp_path):
