@@ -71,5 +71,5 @@ def test_shipped_weights_register_a_real_individual_brain(tmp_path, bundle_confi
     warped_label = torch.nn.functional.grid_sample(moving_label, grid, mode="nearest", align_corners=True)
     identity = float(torch.nanmean(compute_label_dice(moving_label, fixed_label)))
     registered = float(torch.nanmean(compute_label_dice(warped_label, fixed_label)))
-    assert registered > identity + 0.08  # measured: 0.537 -> 0.668 (ANTs SyN with default settings: 0.667)
+    assert registered > identity + 0.08  # measured: 0.537 -> 0.668 (ANTs SyN with default settings: 0.669)
     assert float(percent_folding(ddf)) < 0.1
