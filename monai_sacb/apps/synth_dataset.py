@@ -36,6 +36,7 @@ from monai_sacb.apps.utils import (
     default_cache_dir,
     digest,
     package_file,
+    read_label_names,
     read_manifest,
     resample_volume,
     seeded_pairs,
@@ -116,11 +117,7 @@ def _training_label_map(name: str, affine: np.ndarray, size: Sequence[int], brai
 
 def _validation_label_map(affine: np.ndarray, size: Sequence[int], brain: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
     """Desikan-Killiany cortical and subcortical structures renumbered 1..K inside the brain, and their names."""
-    names = {}
-    for line in package_file(*_DK_LABELS).read_text().splitlines()[1:]:
-        index, _, name = line.partition(",")
-        if index.strip().isdigit():
-            names[int(index)] = name.strip()
+    names = read_label_names(package_file(*_DK_LABELS))
     labels = np.where(brain, _atlas_labels(VALIDATION_ATLAS, affine, size), 0)
     present = [int(v) for v in np.unique(labels) if v > 0 and v in names]
     keep = [v for v in present if not any(word.lower() in names[v].lower() for word in _NOT_STRUCTURES)]

