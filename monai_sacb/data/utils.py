@@ -11,7 +11,7 @@ import json
 import os
 import re
 import stat
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ __all__ = [
     "SECTIONS",
     "SECTION_ALIASES",
     "atomic_write",
+    "create_temporary_sibling",
     "existing_dir",
     "existing_file",
     "image_stem",
@@ -138,35 +139,33 @@ def read_json(path: PathLike, what: str) -> Any:
         raise ValueError(f"{what} {path} is not a UTF-8 text file ({error}); is it the right file?") from error
 
 
-def _umask() -> int:
-    """The process's file-creation mask, read without changing it where Linux reports it (other threads may be
-    creating files)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def create_temporary_sibling(path: str | os.PathLike, suffix: str) -> tuple[int, str]:
+    """
+    A new file next to ``path``, ``.<name>.<pid>.<random><suffix>``, created exclusively and opened for writing:
+    ``(file descriptor, its path)``. It is created with mode ``0o666`` so that the umask applies as for a plain
+    ``open`` (a ``tempfile`` file is readable by its owner only, and stays so when renamed into place).
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
 
 
 def atomic_write(path: Path, write: Any) -> None:
     """
     Run ``write(tmp_path)`` on a temporary file next to ``path`` then rename it, so ``path`` is never partial. The
     file gets the permissions of a plain ``open(path, "w")``: those of the file it replaces, else ``0o666`` less the
-    process's umask (a temporary file alone would leave it readable by its owner only).
+    umask (:py:func:`create_temporary_sibling`).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = stat.S_IMODE(os.stat(path).st_mode) if path.is_file() else 0o666 & ~_umask()
+    mode = stat.S_IMODE(os.stat(path).st_mode) if path.is_file() else None
     # the temporary name keeps the final suffixes: nibabel picks gzip compression from ".nii.gz"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes[-2:]), dir=path.parent)
+    fd, tmp = create_temporary_sibling(path, "".join(path.suffixes[-2:]))
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, mode)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import re
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +39,8 @@ import torch
 
 from monai.handlers import CheckpointLoader
 from monai.utils import IgniteInfo, min_version, optional_import
+
+from monai_sacb.data.utils import create_temporary_sibling
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Checkpoint, _ = optional_import("ignite.handlers", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Checkpoint")
@@ -111,10 +112,7 @@ def atomic_save(obj: Any, path: str | os.PathLike, fsync: bool = True) -> None:
     permissions of a new file (the umask applies), unlike ``tempfile`` files, which only their owner can read.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    fd, tmp = create_temporary_sibling(path, _TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -127,7 +125,7 @@ def atomic_save(obj: Any, path: str | os.PathLike, fsync: bool = True) -> None:
             os.remove(tmp)
         raise
     if fsync:
-        _fsync_dir(folder)
+        _fsync_dir(os.path.dirname(tmp))
 
 
 def _remove_temporary_files(ckpt_dir: str) -> list[str]:
