@@ -55,6 +55,41 @@ def test_shipped_weights_register_a_held_out_pair(tmp_path, bundle_configs, bund
             assert float(self_ddf.norm(dim=1).max()) < 0.1
 
 
+def _dice_after(ddf: torch.Tensor, moving_label: torch.Tensor, fixed_label: torch.Tensor) -> float:
+    grid = ddf_sampling_grid(ddf.float().cpu())
+    warped_label = torch.nn.functional.grid_sample(moving_label, grid, mode="nearest", align_corners=True)
+    return float(torch.nanmean(compute_label_dice(warped_label, fixed_label)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_shipped_weights_on_cuda_register_as_on_the_cpu(tmp_path, bundle_configs, bundle_network):
+    """The same held-out pair on a GPU: the same Dice as on the CPU, in float32 and under AMP, and repeatable."""
+    state = network_state_dict(torch.load(bundle_configs.root / "models" / "model.pt", weights_only=True))
+    net = bundle_network().eval()
+    net.load_state_dict(state)
+    info = prepare_synth_dataset(tmp_path, training_atlases=("aal",), num_validation_pairs=1)
+    pair = pair_preprocessing(intensity="percentile")(dict(info["validation"][0]))
+    inputs = torch.cat([pair["moving_image"].as_tensor()[None], pair["fixed_image"].as_tensor()[None]], dim=1)
+    labels = pair["moving_label"].as_tensor()[None], pair["fixed_label"].as_tensor()[None]
+    inferer = PairInferer(symmetric=True, crop_foreground=True)
+    with torch.no_grad():
+        cpu_ddf = inferer(inputs, net)["ddf"]
+        net.cuda()
+        cuda_ddf = inferer(inputs.cuda(), net)["ddf"]
+        again = inferer(inputs.cuda(), net)["ddf"]
+        with torch.autocast("cuda"):
+            amp_ddf = inferer(inputs.cuda(), net)["ddf"]
+    assert cuda_ddf.device.type == "cuda" and cuda_ddf.dtype == torch.float32
+    assert torch.equal(again, cuda_ddf)  # inference is deterministic on the GPU too
+    cpu_dice = _dice_after(cpu_ddf, *labels)
+    assert cpu_dice > float(torch.nanmean(compute_label_dice(*labels))) + 0.15
+    assert abs(_dice_after(cuda_ddf, *labels) - cpu_dice) < 0.01
+    assert abs(_dice_after(amp_ddf, *labels) - cpu_dice) < 0.02
+    assert float(percent_folding(amp_ddf.float())) < 0.1
+    # most of the field agrees to a tenth of a voxel (k-means assignments may flip where rounding differs)
+    assert float(((cuda_ddf.cpu() - cpu_ddf).norm(dim=1) > 0.1).float().mean()) < 0.01
+
+
 @pytest.mark.skipif(
     not (MRICRON_TEMPLATES / "ch2bet.nii.gz").is_file(), reason="the Colin27 pair needs mricron-data (apt install)"
 )

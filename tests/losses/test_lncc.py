@@ -310,3 +310,20 @@ def test_bad_arguments_raise():
         FastLNCCLoss(reduction="max")
     with pytest.raises(TypeError, match="floating point"):
         loss(x.long(), x.long())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kernel_size", [3, 9])
+def test_cuda_float32_values_and_gradients_equal_monai_float64(kernel_size):
+    """On a GPU (where MONAI's float32 convolutions may use TF32), against MONAI's float64 result there."""
+    gen = torch.Generator().manual_seed(3)
+    pred = torch.rand(2, 1, 40, 48, 36, generator=gen)
+    target = 0.6 * pred + 0.4 * torch.rand(2, 1, 40, 48, 36, generator=gen)
+    pred, target = pred.cuda(), target.cuda()
+    ref_value, ref_gp, _ = _grads(_monai(3, kernel_size), pred.double(), target.double())
+    value, gp, _ = _grads(FastLNCCLoss(3, kernel_size), pred, target)
+    assert value.device.type == "cuda" and value.dtype == torch.float32
+    assert abs(value.item() - ref_value.item()) <= 1e-5
+    assert _close(gp.double(), ref_gp, 1e-5)
+    cpu_value, cpu_gp, _ = _grads(FastLNCCLoss(3, kernel_size), pred.cpu(), target.cpu())
+    assert abs(value.item() - cpu_value.item()) <= 1e-6 and _close(gp.cpu(), cpu_gp, 1e-5)

@@ -170,6 +170,26 @@ def test_pairs_are_reproducible_with_a_seed_and_differ_otherwise():
     assert not torch.equal(first["moving_image"], other["moving_image"])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pairs_synthesised_on_cuda_equal_the_cpu_ones():
+    """The transform runs where its input lies; the random draws come from the seeded numpy state either way."""
+    cpu, label, image = _pair(seed=6)
+    maker = RandLabelSynthPaird(ddf_keys=("ddf_moving", "ddf_fixed"))
+    maker.set_random_state(6)
+    gpu = maker({"label": label.cuda(), "image": image.cuda()})
+    assert set(gpu) == set(cpu)
+    for key in ("ddf_moving", "ddf_fixed"):
+        assert gpu[key].device.type == "cuda"
+        torch.testing.assert_close(gpu[key].cpu(), cpu[key], atol=1e-4, rtol=0)
+    for key in ("moving_label", "fixed_label"):
+        assert gpu[key].device.type == "cuda"
+        # nearest-neighbour labels may differ where a sample lands within rounding of a voxel boundary
+        assert float((gpu[key].cpu() != cpu[key]).float().mean()) < 1e-3
+    for key in ("moving_image", "fixed_image"):
+        difference = (gpu[key].cpu() - cpu[key]).abs()
+        assert float(difference.mean()) < 1e-3 and float((difference > 1e-2).float().mean()) < 1e-3
+
+
 def test_two_dimensional_pairs():
     label = _labels((32, 40))
     maker = RandLabelSynthPaird(image_key=None, scales=((8.0, 3.0),), affine_rotation=5)
