@@ -19,7 +19,8 @@ size for timings).
 For each method and pair: mean Dice over the fixed image's labels (nearest-neighbour label warp), mean HD95 over
 labels (mm), % of voxels with a non-positive Jacobian determinant, SD of the log Jacobian determinant, and wall
 seconds per pair (the network, optimisation and the warp of the moving image; ANTs: the ``ants.registration``
-call, which also warps the moving image), averaged after one untimed warm-up call per method. A last column
+call, which also warps the moving image; on a GPU with ``--device cuda``, also the copies of the pair to the GPU
+and of the field back), averaged after one untimed warm-up call per method. A last column
 registers each fixed image to itself and reports the largest displacement (voxels): an image registered to
 itself should not move. Results are means (and standard deviations) over pairs.
 
@@ -27,6 +28,7 @@ itself should not move. Results are means (and standard deviations) over pairs.
     python benchmarks/bench_accuracy.py --model bundle/models/model.pt --io_steps 0 --threads 2 --num_pairs 4
     python benchmarks/bench_accuracy.py --cpu_bfloat16   # adds the network under CPU bfloat16 autocast
     python benchmarks/bench_accuracy.py --colin27 subcortical --ants --crop_foreground --cpu_bfloat16
+    python benchmarks/bench_accuracy.py --device cuda --amp   # networks and optimisation on the GPU, + AMP rows
 
 Timings are of this process on this machine; run it alone (``chrt -f 10`` on a shared machine).
 """
@@ -78,7 +80,7 @@ def _load_pairs(args) -> list[dict[str, torch.Tensor]]:
     return pairs
 
 
-def _network(kind: str, path: str, subtract_self_estimate: bool = True) -> torch.nn.Module:
+def _network(kind: str, path: str, device: str, subtract_self_estimate: bool = True) -> torch.nn.Module:
     from monai.networks.nets import VoxelMorph
 
     from monai_sacb.handlers import check_checkpoint_compatible, network_state_dict
@@ -91,7 +93,7 @@ def _network(kind: str, path: str, subtract_self_estimate: bool = True) -> torch
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     check_checkpoint_compatible(checkpoint, net, path)
     net.load_state_dict(network_state_dict(checkpoint))
-    return net.eval()
+    return net.to(device).eval()
 
 
 def _network_method(
@@ -100,18 +102,24 @@ def _network_method(
     refine: Callable | None = None,
     cpu_bfloat16: bool = False,
     crop_foreground: bool = False,
+    amp: bool = False,
 ) -> Callable:
-    """Registration by the bundle's inferer: the network, optionally both ways averaged, optionally refined."""
+    """
+    Registration by the bundle's inferer: the network, optionally both ways averaged, optionally refined; on the
+    network's device, under ``torch.autocast`` there if ``amp`` (as the bundle's ``--amp True`` does).
+    """
     from monai_sacb.inferers import PairInferer
 
     inferer = PairInferer(
         symmetric=symmetric, refine=refine, cpu_bfloat16=cpu_bfloat16, crop_foreground=crop_foreground
     )
 
+    device = next(net.parameters()).device
+
     def register(moving: torch.Tensor, fixed: torch.Tensor) -> dict:
-        with torch.no_grad():
-            ddf = inferer(torch.cat([moving, fixed], dim=1), net)["ddf"]
-        return {"ddf": ddf}
+        with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+            ddf = inferer(torch.cat([moving, fixed], dim=1).to(device), net)["ddf"]
+        return {"ddf": ddf.float().cpu()}
 
     return register
 
@@ -220,6 +228,10 @@ def main() -> None:
     )
     parser.add_argument("--num_pairs", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where the networks and instance optimisation run: cpu, cuda")
+    parser.add_argument(
+        "--amp", action="store_true", help="add SACBNet rows under torch.autocast on --device (a GPU's float16)"
+    )
     parser.add_argument("--pad_to", default="", help="pad every pair with background to this size, e.g. 96,112,96")
     parser.add_argument("--no_hd95", action="store_true", help="skip HD95 (the slowest metric)")
     parser.add_argument("--json", default="", help="also write per-pair results to this JSON file")
@@ -261,6 +273,8 @@ def main() -> None:
 
         kept = keep_freed_cpu_memory()
 
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch sees no CUDA device here.")
     pairs = _load_pairs(args)
     methods: dict[str, Callable] = {"identity": _identity}
     crop = args.crop_foreground
@@ -268,14 +282,14 @@ def main() -> None:
     if args.ants:
         methods["ANTs SyN (defaults)"] = _ants_method(holder)
     if args.voxelmorph:
-        voxelmorph = _network("voxelmorph", args.voxelmorph)
+        voxelmorph = _network("voxelmorph", args.voxelmorph, args.device)
         methods["VoxelMorph (same recipe)"] = _network_method(voxelmorph, crop_foreground=crop)
         methods["VoxelMorph, symmetric"] = _network_method(voxelmorph, symmetric=True, crop_foreground=crop)
     if args.model and Path(args.model).is_file():
-        sacbnet = _network("sacbnet", args.model)
+        sacbnet = _network("sacbnet", args.model, args.device)
 
-        def sacbnet_method(symmetric=False, refine=None, cpu_bfloat16=False):
-            return _network_method(sacbnet, symmetric, refine, cpu_bfloat16, crop_foreground=crop)
+        def sacbnet_method(symmetric=False, refine=None, cpu_bfloat16=False, amp=False):
+            return _network_method(sacbnet, symmetric, refine, cpu_bfloat16, crop_foreground=crop, amp=amp)
 
         methods["SACBNet"] = sacbnet_method()
         methods["SACBNet, symmetric (bundle default)"] = sacbnet_method(symmetric=True)
@@ -290,8 +304,13 @@ def main() -> None:
             methods["SACBNet, symmetric, bfloat16"] = sacbnet_method(True, cpu_bfloat16=True)
             if args.io_steps != "0":
                 methods["SACBNet, symmetric, bfloat16 + instance optimisation"] = sacbnet_method(True, io, True)
+        if args.amp:
+            methods["SACBNet, AMP"] = sacbnet_method(amp=True)
+            methods["SACBNet, symmetric, AMP"] = sacbnet_method(True, amp=True)
+            if args.io_steps != "0":
+                methods["SACBNet, symmetric, AMP + instance optimisation"] = sacbnet_method(True, io, amp=True)
         if args.plain_matching_rows:
-            plain = _network("sacbnet", args.model, subtract_self_estimate=False)
+            plain = _network("sacbnet", args.model, args.device, subtract_self_estimate=False)
             bf16 = args.cpu_bfloat16
             suffix = ", bfloat16" if bf16 else ""
             methods[f"SACBNet, plain matching{suffix}"] = _network_method(plain, False, None, bf16, crop)
@@ -318,7 +337,8 @@ def main() -> None:
             print(f"pair {index + 1}/{len(pairs)} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), file=sys.stderr)
 
     size = "x".join(str(s) for s in pairs[0]["fixed_image"].shape[2:])
-    print(f"\n{len(pairs)} pairs of {size} voxels, {platform.processor() or platform.machine()}, "
+    where = f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""
+    print(f"\n{len(pairs)} pairs of {size} voxels, {platform.processor() or platform.machine()}{where}, "
           f"torch {torch.__version__}, {args.threads} threads, freed CPU memory {'kept' if kept else 'released'}; "
           "seconds per pair after one untimed warm-up call per method\n")
     columns = [("dice", "Dice"), ("hd95", "HD95 (mm)"), ("folding", "% |J|<=0"), ("sdlogj", "SDlogJ"),
