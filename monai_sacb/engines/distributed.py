@@ -3,11 +3,45 @@
 
 from __future__ import annotations
 
+import os
 import time
 
+import torch
 import torch.distributed as dist
 
-__all__ = ["finalize_distributed"]
+__all__ = ["distributed_device", "finalize_distributed"]
+
+_TORCHRUN = (
+    "torchrun --standalone --nnodes=1 --nproc_per_node=N -m monai.bundle run --config_file "
+    "\"['bundle/configs/train.json','bundle/configs/multi_gpu_train.json']\""
+)
+
+
+def distributed_device() -> torch.device:
+    """
+    This process's device in a ``torchrun`` job: ``cuda:LOCAL_RANK`` where CUDA is available, else the CPU (where
+    the bundle's ``multi_gpu_train.json`` uses the gloo backend). That config calls it first in ``initialize``,
+    before the process group is set up, so that a wrong start fails with a message that names the fix.
+
+    Raises:
+        RuntimeError: the process was not started by ``torchrun`` (no ``LOCAL_RANK`` in the environment), or
+            ``torchrun`` started more processes per node than there are visible GPUs.
+    """
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is None:
+        raise RuntimeError(
+            f"multi_gpu_train.json runs one process per GPU under torchrun, which sets LOCAL_RANK: {_TORCHRUN} "
+            "(N: the number of GPUs). On one GPU or CPU, run train.json alone."
+        )
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    if int(local_rank) >= count:
+        raise RuntimeError(
+            f"torchrun started a process with LOCAL_RANK={local_rank}, but {count} GPU(s) are visible here: start "
+            f"at most one process per GPU (--nproc_per_node={count}), or make more GPUs visible (CUDA_VISIBLE_DEVICES)."
+        )
+    return torch.device("cuda", int(local_rank))
 
 
 def finalize_distributed(settle_seconds: float = 0.2) -> None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from monai_sacb.handlers import latest_checkpoint
@@ -76,3 +77,15 @@ def test_multi_gpu_override_without_validation(tmp_path, tiny_cache, bundle_conf
     model = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(model[k], v) for k, v in state["model"].items())
 
+
+
+def test_multi_gpu_override_outside_torchrun_names_the_command(tmp_path, tiny_cache, bundle_configs, tiny_overrides,
+                                                                run_bundle, error_chain, monkeypatch):
+    """Started without torchrun, the override fails before any process group or data, saying how to start it."""
+    for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(Exception) as info:
+        run_bundle([*bundle_configs.tiny_train, bundle_configs.multi_gpu], **tiny_overrides(tmp_path, tiny_cache))
+    message = error_chain(info)
+    assert "runs one process per GPU under torchrun" in message and "--nproc_per_node=N" in message
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from monai_sacb.engines import finalize_distributed
+from monai_sacb.engines import distributed_device, finalize_distributed
 
 
 def test_finalize_distributed_ends_the_process_group_after_its_collectives(tmp_path):
@@ -29,3 +29,24 @@ def test_finalize_distributed_ends_the_process_group_after_its_collectives(tmp_p
     finalize_distributed()  # nothing to end: a no-op
     with pytest.raises(ValueError, match="settle_seconds must be >= 0"):
         finalize_distributed(settle_seconds=-1.0)
+
+
+def test_distributed_device_is_the_local_rank_gpu_or_the_cpu(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed_device() == torch.device("cpu")  # CPU processes (gloo)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed_device() == torch.device("cuda", 1)
+
+
+def test_distributed_device_names_the_fix_for_a_wrong_start(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(RuntimeError, match=r"under torchrun.*--nproc_per_node=N .*run train.json alone"):
+        distributed_device()
+    # two processes on a machine with one GPU (the documented command is for two GPUs)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(RuntimeError, match=r"LOCAL_RANK=1, but 1 GPU\(s\) are visible.*--nproc_per_node=1"):
+        distributed_device()
