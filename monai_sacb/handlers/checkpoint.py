@@ -334,7 +334,9 @@ class ResumeFromLatest:
 
     If the checkpoint's record says that its own epoch is the best one and ``model.pt`` does not hold its
     network (the run stopped between writing the checkpoint and ``model.pt``), ``model.pt`` is rewritten from the
-    checkpoint (atomically, on rank 0).
+    checkpoint (atomically, on rank 0). With ``latest_model`` (a run without validation, whose ``model.pt`` is the
+    latest network: ``TrainerCheckpointSaver(save_latest_model=True)``) it is rewritten whenever it does not hold
+    the checkpoint's network, so that a run interrupted in its last save, and resumed, ends with the last network.
 
     Attach it first in the trainer's handler list, before handlers that depend on the restored state.
 
@@ -353,6 +355,7 @@ class ResumeFromLatest:
             ``model_key`` entry is used) of the network's weights to start from when there is no checkpoint to
             resume from; only the network is loaded (the optimizer, schedule and epoch count start afresh). A missing
             file, or one that holds another network's weights, is refused when the handler is built.
+        latest_model: ``best_filename`` holds the latest network rather than the best validated one (see above).
     """
 
     def __init__(
@@ -366,9 +369,11 @@ class ResumeFromLatest:
         best_key: str = "key_metric",
         model_key: str = "model",
         pretrained: str | os.PathLike | None = None,
+        latest_model: bool = False,
     ) -> None:
         self.logger = logger
         self.ckpt_dir = os.fspath(ckpt_dir)
+        self.latest_model = bool(latest_model)
         self.load_dict = dict(load_dict)
         self.map_location = map_location
         self.engine_key = engine_key
@@ -502,11 +507,20 @@ class ResumeFromLatest:
 
     def _restore_best_file(self, engine: Any) -> None:
         """Rewrite ``model.pt`` from the checkpoint when the crash came between the two writes."""
-        record = self.checkpoint.get(self.best_key)
-        if not self.best_filename or not isinstance(record, Mapping) or record.get("best_epoch") is None:
+        if not self.best_filename:
             return
         best_path = os.path.join(self.ckpt_dir, self.best_filename)
         weights = network_state_dict(self.checkpoint, self.model_key)
+        if self.latest_model:
+            if self._rewrite_if_different(best_path, weights):
+                engine.logger.warning(
+                    f"{best_path} restored from {self.load_path}: without validation it holds the latest network, "
+                    "and the run stopped before model.pt was written."
+                )
+            return
+        record = self.checkpoint.get(self.best_key)
+        if not isinstance(record, Mapping) or record.get("best_epoch") is None:
+            return
         if int(record["best_epoch"]) != self._epochs_done():
             if not os.path.isfile(best_path):
                 engine.logger.warning(
@@ -514,19 +528,25 @@ class ResumeFromLatest:
                     "written again when a validation beats its metric."
                 )
             return
+        if self._rewrite_if_different(best_path, weights):
+            engine.logger.warning(
+                f"{best_path} restored from {self.load_path}: its epoch {record['best_epoch']} is the best validated "
+                "one, and the run stopped before model.pt was written."
+            )
+
+    @staticmethod
+    def _rewrite_if_different(path: str, weights: Mapping[str, torch.Tensor]) -> bool:
+        """Write ``weights`` to ``path`` (atomically) unless it holds them already; True if it wrote."""
         try:
-            current = torch.load(best_path, map_location="cpu", weights_only=True)
+            current = torch.load(path, map_location="cpu", weights_only=True)
             same = set(current) == set(weights) and all(
                 torch.equal(current[k].cpu(), v.cpu()) for k, v in weights.items()
             )
         except Exception:  # missing or unreadable
             same = False
         if not same:
-            atomic_save({k: v.cpu() for k, v in weights.items()}, best_path)
-            engine.logger.warning(
-                f"{best_path} restored from {self.load_path}: its epoch {record['best_epoch']} is the best validated "
-                "one, and the run stopped before model.pt was written."
-            )
+            atomic_save({k: v.cpu() for k, v in weights.items()}, path)
+        return not same
 
 
 class BestMetricTracker:

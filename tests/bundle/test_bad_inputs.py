@@ -141,6 +141,12 @@ def test_training_without_labels_and_without_validation_leaves_the_latest_networ
     model = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(model[k], v) for k, v in checkpoint["model"].items())
     assert checkpoint["key_metric"]["best_epoch"] is None and checkpoint["key_metric"]["history"] == []
+    # stopped between the last checkpoint and model.pt: the same command again restores model.pt from the checkpoint
+    torch.save({k: torch.zeros_like(v) for k, v in model.items()}, tmp_path / "models" / "model.pt")
+    run_bundle([bundle_configs.train, bundle_configs.data_files], **overrides)
+    assert "restored from" in capsys.readouterr().out
+    model = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(model[k], v) for k, v in checkpoint["model"].items())
 
 
 # ------------------------------------------------------------------------------ issue 9.5: files the net can't take

@@ -174,6 +174,39 @@ def test_saver_without_validation_writes_the_latest_network_as_model_pt(tmp_path
         TrainerCheckpointSaver(tmp_path, {"net": net}, save_latest_model=True)
 
 
+@pytest.mark.parametrize("latest_model", [True, False])
+def test_resume_without_validation_restores_the_latest_network_as_model_pt(tmp_path, latest_model):
+    """A run without validation stopped between its last checkpoint and model.pt: resuming rewrites model.pt."""
+    from ignite.engine import Engine
+
+    from monai_sacb.handlers import ResumeFromLatest
+
+    def trainer_of(net):
+        def step(engine, batch):
+            with torch.no_grad():
+                net.weight.add_(1.0)
+
+        return Engine(step)
+
+    net = torch.nn.Linear(2, 1)
+    trainer = trainer_of(net)
+    TrainerCheckpointSaver(tmp_path, {"model": net}, save_latest_model=True).attach(trainer)
+    trainer.run([0, 1], max_epochs=1)
+    stale = torch.load(tmp_path / "model.pt", weights_only=True)
+    trainer.run([0, 1], max_epochs=2)
+    last = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.save(stale, tmp_path / "model.pt")  # as if the run had stopped before writing model.pt in epoch 2
+
+    fresh = torch.nn.Linear(2, 1)
+    resumed = trainer_of(fresh)
+    ResumeFromLatest(tmp_path, {"model": fresh}, latest_model=latest_model).attach(resumed)
+    resumed.run([0, 1], max_epochs=2)  # nothing left to train: only the resume
+    assert torch.equal(fresh.weight, last["weight"])
+    model_pt = torch.load(tmp_path / "model.pt", weights_only=True)
+    expected = last if latest_model else stale  # without latest_model, only a best validated epoch is restored
+    assert all(torch.equal(model_pt[k], expected[k]) for k in expected)
+
+
 def test_latest_checkpoint_by_epoch_number(tmp_path):
     assert latest_checkpoint(tmp_path / "missing") is None
     for epoch in (2, 10, 9):
