@@ -142,14 +142,19 @@ def read_json(path: PathLike, what: str) -> Any:
 def create_temporary_sibling(path: str | os.PathLike, suffix: str) -> tuple[int, str]:
     """
     A new file next to ``path``, ``.<name>.<pid>.<random><suffix>``, created exclusively and opened for writing:
-    ``(file descriptor, its path)``. It is created with mode ``0o666`` so that the umask applies as for a plain
-    ``open`` (a ``tempfile`` file is readable by its owner only, and stays so when renamed into place).
+    ``(file descriptor, its path)``. Renamed over ``path``, it has the permissions a plain ``open(path, "w")``
+    would give: those of the file it replaces, else ``0o666`` less the umask (a ``tempfile`` file is readable by
+    its owner only, and stays so when renamed into place).
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    replaced = stat.S_IMODE(os.stat(path).st_mode) if os.path.isfile(path) else None
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    if replaced is not None:
+        os.chmod(tmp, replaced)
+    return fd, tmp
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -158,14 +163,11 @@ def atomic_write(path: Path, write: Any) -> None:
     file gets the permissions of a plain ``open(path, "w")``: those of the file it replaces, else ``0o666`` less the
     umask (:py:func:`create_temporary_sibling`).
     """
-    mode = stat.S_IMODE(os.stat(path).st_mode) if path.is_file() else None
     # the temporary name keeps the final suffixes: nibabel picks gzip compression from ".nii.gz"
     fd, tmp = create_temporary_sibling(path, "".join(path.suffixes[-2:]))
     os.close(fd)
     try:
         write(tmp)
-        if mode is not None:
-            os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

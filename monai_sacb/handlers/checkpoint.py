@@ -108,8 +108,9 @@ def atomic_save(obj: Any, path: str | os.PathLike, fsync: bool = True) -> None:
     ``torch.save(obj, path)`` that never leaves a partial ``path``: write a temporary file in the same folder,
     flush and ``fsync`` it, then rename it over ``path`` (atomic on POSIX and Windows) and ``fsync`` the folder.
     A crash at any moment leaves the complete old file or the complete new one (and at worst a
-    ``.<name>.<pid>.<random>.tmp`` file, which :py:class:`ResumeFromLatest` removes). The file gets the usual
-    permissions of a new file (the umask applies), unlike ``tempfile`` files, which only their owner can read.
+    ``.<name>.<pid>.<random>.tmp`` file, which :py:class:`ResumeFromLatest` removes). The file gets the permissions
+    of a plain write (:py:func:`~monai_sacb.data.utils.create_temporary_sibling`), unlike ``tempfile`` files, which
+    only their owner can read.
     """
     path = os.fspath(path)
     fd, tmp = create_temporary_sibling(path, _TMP_SUFFIX)

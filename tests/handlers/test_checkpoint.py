@@ -45,8 +45,10 @@ def test_atomic_save_never_leaves_a_partial_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))  # the old file, complete
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left
+    os.chmod(path, 0o600)  # replacing a file keeps its permissions, as a plain write would
     atomic_save({"x": torch.zeros(3)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.zeros(3))
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_find_resumable_checkpoint_skips_damaged_and_partial_files(tmp_path):
