@@ -128,6 +128,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["80,96,112", "160,192,224"])
     parser.add_argument("--train_sizes", nargs="+", default=["80,96,112"], help="sizes that also get fwd+bwd rows")
+    parser.add_argument(
+        "--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"],
+        help="what to measure: forward passes (every size) and forward+backward (the --train_sizes)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="also measure under torch.autocast (GPU)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -165,7 +169,7 @@ def main() -> None:
     amp_modes = [False, True] if args.amp else [False]
     for size_text in args.sizes:
         size = tuple(int(s) for s in size_text.split(","))
-        modes = ["forward", "train"] if size_text in args.train_sizes else ["forward"]
+        modes = [m for m in args.modes if m == "forward" or size_text in args.train_sizes]
         for mode in modes:
             for amp in amp_modes:
                 # alternate the two networks, one fresh process each per round, so that drifts in the

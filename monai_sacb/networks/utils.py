@@ -42,7 +42,9 @@ def use_cpu_kernels(tensor: torch.Tensor) -> bool:
     - ``torch.compile``: the compiler fuses the plain ops and plans their memory itself; the kernels' custom
       autograd functions and in-place writes would only get in its way.
 
-    A block may add conditions of its own kernel (dtype, oneDNN availability), never drop these.
+    A block may add conditions of its own kernel (dtype, oneDNN availability), never drop these. One kernel has a
+    second use off the CPU: the fused norm's autograd function also trains on CUDA GPUs, because it keeps half
+    the memory for backward (:py:func:`~monai_sacb.networks.blocks.instance_norm_leaky_relu`).
     """
     return tensor.device.type == "cpu" and not is_exporting()
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from monai_sacb.networks.utils import channels_last_format, use_cpu_kernels
+from monai_sacb.networks.utils import channels_last_format, is_exporting, use_cpu_kernels
 
 __all__ = ["instance_norm_leaky_relu", "InstanceNormLeakyReLU"]
 
@@ -32,6 +32,12 @@ def instance_norm_leaky_relu(
       bfloat16, so that the next convolution reads it without a conversion (plain ``instance_norm`` would return
       float32 under autocast).
 
+    In training on a CUDA GPU (x requires a gradient; float16, bfloat16, float32 or float64; contiguous or
+    channels-last; nothing exporting or compiling) the float32 kernel's autograd function runs too, for its
+    memory: it keeps one tensor for backward where ``instance_norm`` then ``leaky_relu`` keep two, and the
+    next convolution's input is that same tensor (docs/benchmarks.md, "Training memory on a GPU"). Its
+    statistics there are float32 reductions, never matrix products, so TF32 settings cannot touch them.
+
     With ``inplace=True`` the fused kernels write the result into x: use it on a fresh convolution output.
 
     Args:
@@ -44,6 +50,11 @@ def instance_norm_leaky_relu(
         (B, C, *S) tensor in x's memory format.
     """
     if not use_cpu_kernels(x):
+        if _saves_memory_in_training(x):
+            if not inplace:
+                x = x.clone(memory_format=torch.preserve_format)
+            with torch.autocast(x.device.type, enabled=False):
+                return _InstanceNormLeakyReLU.apply(x, negative_slope, eps)
         return F.leaky_relu(F.instance_norm(x, eps=eps), negative_slope)
     if not _is_voxel_major(x):  # e.g. a transposed view: the fused kernels need whole voxels in rows
         out = instance_norm_leaky_relu(x.contiguous(), negative_slope, eps, inplace=True)
@@ -59,6 +70,32 @@ def instance_norm_leaky_relu(
         x = x.clone(memory_format=torch.preserve_format)
     with torch.autocast("cpu", enabled=False):  # the statistics choose their own precision, not autocast
         return _InstanceNormLeakyReLU.apply(x, negative_slope, eps)
+
+
+def _saves_memory_in_training(x: torch.Tensor) -> bool:
+    """Whether the fused autograd function replaces PyTorch's norm and activation off the CPU: GPU training."""
+    return (
+        x.device.type == "cuda"
+        and torch.is_grad_enabled()
+        and x.requires_grad
+        and x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        and _is_voxel_major(x)
+        and not is_exporting()
+    )
+
+
+def _sum_of_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """
+    Per-row sums of a * b, (B, C, N) x (B, C, N) -> (B, C), in float32 at least. On the CPU as the diagonal of a
+    (C, C) Gram matrix (one read of each, no temporary of their size); elsewhere as a product and a reduction,
+    since matrix products there may run in TF32 or in the inputs' half precision.
+    """
+    if a.device.type == "cpu":
+        return torch.bmm(a, b.transpose(1, 2)).diagonal(dim1=1, dim2=2)
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    if a is b:
+        return torch.linalg.vector_norm(a, dim=2, dtype=dtype).square()
+    return (a.to(dtype) * b.to(dtype)).sum(2)
 
 
 def _channel_rows(x: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -78,12 +115,11 @@ def _channel_rows(x: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor,
 def _forward_in_place(x: torch.Tensor, negative_slope: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalises and activates x in its own memory; returns x and 1 / std, (B, C). Two reads of x, no copy."""
     flat = x.flatten(2)  # (B, C, N); a view for contiguous and channels-last tensors
-    mean = flat.sum(2) / flat.shape[2]  # PyTorch sums float32 pairwise: accurate over millions of voxels
+    # PyTorch sums float32 pairwise (tree-wise on GPUs): accurate over millions of voxels
+    mean = flat.sum(2, dtype=torch.promote_types(x.dtype, torch.float32)) / flat.shape[2]
     rows, mean = _channel_rows(x, mean)
     rows.sub_(mean)
-    # the centred sum of squares as the diagonal of a (C, C) Gram matrix: one read, no temporary of x's size
-    squares = torch.bmm(flat, flat.transpose(1, 2)).diagonal(dim1=1, dim2=2)
-    inv_std = torch.rsqrt(squares / flat.shape[2] + eps)
+    inv_std = torch.rsqrt(_sum_of_products(flat, flat) / flat.shape[2] + eps)  # the centred sum of squares
     rows.mul_(_channel_rows(x, inv_std)[1])
     if negative_slope != 1.0:
         F.leaky_relu_(x, negative_slope)
@@ -179,8 +215,8 @@ class _InstanceNormLeakyReLU(torch.autograd.Function):
         # with xhat the normalised input and g its gradient:
         # dx = inv_std * (g - mean(g) - xhat * mean(g * xhat)), and g * xhat == grad_y * y on both sides of zero
         grad_norm = torch.ops.aten.leaky_relu_backward(grad_y, y, slope, True) if slope != 1.0 else grad_y.clone()
-        grad_mean = grad_norm.flatten(2).sum(2) / num_voxels
-        grad_dot = torch.bmm(grad_y.flatten(2), y.flatten(2).transpose(1, 2)).diagonal(dim1=1, dim2=2) / num_voxels
+        grad_mean = grad_norm.flatten(2).sum(2, dtype=inv_std.dtype) / num_voxels
+        grad_dot = _sum_of_products(grad_y.flatten(2), y.flatten(2)) / num_voxels
         normalised = F.leaky_relu(y, 1.0 / slope) if slope != 1.0 else y  # undoes the activation: xhat
         if normalised.stride() != grad_norm.stride():  # the incoming gradient had another memory format
             normalised = torch.empty_like(grad_norm).copy_(normalised)

@@ -112,3 +112,70 @@ def test_low_precision_with_gradient_uses_pytorch_instance_norm():
     torch.testing.assert_close(out.float(), _reference(x), rtol=0.05, atol=0.05)
     out.float().sum().backward()
     assert low.grad is not None and torch.isfinite(low.grad.float()).all()
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _saved_bytes(fn, x):
+    """Bytes of the distinct storages autograd saves while ``fn(x)`` runs."""
+    storages = {}
+
+    def pack(tensor):
+        storages.setdefault(tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = fn(x)
+    return out, sum(storages.values())
+
+
+@needs_cuda
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("tf32", [False, True])
+def test_cuda_training_runs_the_fused_function_and_equals_pytorch(layout, tf32, monkeypatch):
+    """GPU training takes the fused function (one saved tensor, not two) with float32 statistics, TF32 or not."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    generator = torch.Generator().manual_seed(3)
+    x64 = torch.randn(2, 8, 24, 20, 28, generator=generator, dtype=torch.float64) * 3 + 20  # mean 7 SDs out
+    grad = torch.randn(x64.shape, generator=generator, dtype=torch.float64)
+    leaf64 = x64.clone().requires_grad_(True)
+    expected = _reference(leaf64)
+    (expected_dx,) = torch.autograd.grad(expected, leaf64, grad)
+
+    x = _layout(x64.float().cuda(), layout).requires_grad_(True)
+    out, fused_bytes = _saved_bytes(lambda t: instance_norm_leaky_relu(t * 1.0, inplace=True), x)
+    assert type(out.grad_fn).__name__ == "_InstanceNormLeakyReLUBackward" and out.stride() == x.stride()
+    (dx,) = torch.autograd.grad(out, x, grad.float().cuda())
+    torch.testing.assert_close(out.double().cpu(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx.double().cpu(), expected_dx, rtol=1e-4, atol=1e-4)
+    _, plain_bytes = _saved_bytes(lambda t: _reference(t * 1.0), x)
+    assert fused_bytes < 0.6 * plain_bytes  # the output alone (and per-channel values) against input and output
+    with torch.no_grad():  # inference keeps PyTorch's kernels
+        assert instance_norm_leaky_relu(x).grad_fn is None
+
+
+@needs_cuda
+def test_cuda_amp_training_stays_float16_and_is_as_accurate_as_pytorch():
+    """Under CUDA autocast a convolution's float16 output is normalised with float32 statistics and stays float16;
+    its errors against float64 are those of PyTorch's own float16 norm (rounding, and the LeakyReLU's kink)."""
+    generator = torch.Generator().manual_seed(4)
+    x16 = (torch.randn(2, 8, 24, 20, 28, generator=generator) * 3 + 20).half()
+    grad16 = torch.randn(x16.shape, generator=generator).half()
+    leaf64 = x16.double().requires_grad_(True)
+    expected = _reference(leaf64)
+    (expected_dx,) = torch.autograd.grad(expected, leaf64, grad16.double())
+    errors = {}
+    for name, fn in {"fused": instance_norm_leaky_relu, "pytorch": _reference}.items():
+        x = x16.cuda().requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.float16):
+            out = fn(x * 1.0)
+        (dx,) = torch.autograd.grad(out, x, grad16.cuda())
+        assert out.dtype == torch.float16 and dx.dtype == torch.float16
+        errors[name] = (
+            float((out.detach().double().cpu() - expected).abs().mean()),
+            float((dx.double().cpu() - expected_dx).abs().mean()),
+        )
+    assert errors["fused"][0] <= 1.2 * errors["pytorch"][0] + 1e-4
+    assert errors["fused"][1] <= 1.2 * errors["pytorch"][1] + 1e-4

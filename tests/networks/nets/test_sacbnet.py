@@ -622,3 +622,50 @@ def test_moved_to_cuda_after_a_first_forward(image_pair):
         _, ddf = net(moving.cuda(), fixed.cuda())
     assert ddf.device.type == "cuda"
     assert (ddf.cpu() - ddf_cpu).abs().mean() < 0.05 * ddf_cpu.abs().mean()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_step_with_the_fused_norm_equals_pytorchs_norm(bundle_state_dict):
+    """A training step on the GPU takes the fused norm (less saved for backward) and computes what PyTorch's
+    instance_norm + leaky_relu compute: in float32 the same loss and gradients up to rounding; under float16
+    autocast gradients as close to float32's as PyTorch's own norm gives."""
+    import monai_sacb.networks.blocks.norm_act as norm_act
+
+    net = SACBNet(subtract_self_estimate=True).cuda().train()
+    net.backbone.load_state_dict(bundle_state_dict)
+    from monai_sacb.transforms.deformation import random_smooth_ddf
+
+    axes = torch.meshgrid(*[torch.linspace(-1, 1, n) for n in (48, 64, 48)], indexing="ij")
+    fixed = (1 - sum(a**2 for a in axes) / 2).clamp_min(0)[None, None]  # a smooth blob with edges
+    fixed = fixed + 0.3 * torch.sin(4 * axes[0])[None, None] * (fixed > 0)
+    moving = warp_with_ddf(fixed, random_smooth_ddf((48, 64, 48), 3.0, 16, rng=0)[None]).cuda()
+    fixed = fixed.cuda()
+
+    def step(fused: bool, amp: bool):
+        storages = {}
+
+        def pack(tensor):
+            storages.setdefault(tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+            return tensor
+
+        with mock.patch.object(norm_act, "_saves_memory_in_training", wraps=norm_act._saves_memory_in_training) as f:
+            if not fused:
+                f.side_effect, f.return_value = None, False
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cuda", enabled=amp):
+                warped, ddf = net(moving, fixed)
+            loss = (warped.float() - fixed).square().mean() + ddf.float().square().mean()
+            grads = torch.autograd.grad(loss, list(net.parameters()))
+            assert f.call_count >= 19  # every norm of the network asked
+        return float(loss.detach()), torch.cat([g.flatten().float() for g in grads]), sum(storages.values())
+
+    fused_loss, fused_grad, fused_bytes = step(fused=True, amp=False)
+    loss, grad, plain_bytes = step(fused=False, amp=False)
+    relative = float((fused_grad - grad).norm()) / float(grad.norm())
+    assert abs(fused_loss - loss) <= 1e-3 * abs(loss), (fused_loss, loss)
+    assert relative <= 1e-2, relative
+    assert fused_bytes < 0.75 * plain_bytes, (fused_bytes, plain_bytes)
+    _, fused_amp_grad, fused_amp_bytes = step(fused=True, amp=True)
+    _, amp_grad, amp_bytes = step(fused=False, amp=True)
+    fused_error, error = float((fused_amp_grad - grad).norm()), float((amp_grad - grad).norm())
+    assert fused_error <= 1.5 * error + 1e-3 * float(grad.norm()), (fused_error, error, float(grad.norm()))
+    assert fused_amp_bytes < 0.75 * amp_bytes, (fused_amp_bytes, amp_bytes)
