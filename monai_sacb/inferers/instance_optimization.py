@@ -263,7 +263,9 @@ class InstanceOptimization:
     not multiplied by the batch size) before each step, and the value after the last step.
 
     Deterministic on CPU for the same inputs. On CUDA, cuDNN may pick non-deterministic convolution algorithms
-    for the default LNCC unless ``torch.use_deterministic_algorithms(True)`` is set.
+    for the default LNCC, and ``grid_sample``'s backward adds with atomics, unless
+    ``torch.use_deterministic_algorithms(True)`` is set (the warp then interpolates with gathers,
+    :py:func:`~monai_sacb.networks.blocks.warp_with_ddf`; not yet run on a GPU in this mode).
     """
 
     def __init__(

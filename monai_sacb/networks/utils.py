@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["channels_last_format", "cpu_bfloat16_is_fast", "is_exporting", "use_cpu_kernels"]
+__all__ = [
+    "channels_last_format",
+    "cpu_bfloat16_is_fast",
+    "deterministic_backward_needed",
+    "is_exporting",
+    "use_cpu_kernels",
+]
 
 
 def is_exporting() -> bool:
@@ -68,3 +74,19 @@ def cpu_bfloat16_is_fast() -> bool:
         return False
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(amx()) if callable(amx) else False
+
+
+def deterministic_backward_needed(*tensors: torch.Tensor) -> bool:
+    """
+    True when autograd will differentiate through one of ``tensors`` on a GPU while
+    ``torch.use_deterministic_algorithms(True)`` is set (``monai.utils.set_determinism(...,
+    use_deterministic_algorithms=True)``, the bundle's ``--deterministic True``). PyTorch's CUDA backward passes of
+    ``grid_sample`` and of linear ``interpolate`` add with atomics and refuse to run in that mode; the warp and
+    the resizing then take formulations of gathers and index selections, whose backward passes are deterministic
+    there (:py:func:`~monai_sacb.networks.blocks.warp_with_ddf`, :py:func:`~monai_sacb.networks.blocks.linear_resize`).
+    """
+    return (
+        torch.are_deterministic_algorithms_enabled()
+        and torch.is_grad_enabled()
+        and any(t.requires_grad and t.device.type != "cpu" for t in tensors)
+    )

@@ -273,3 +273,24 @@ def test_every_inferer_crops_to_the_foreground_unless_told_not_to(tmp_path, bund
             overrides = {} if value else {"crop_foreground": False}
             workflow = workflow_of(config, "infer", bundle_root=str(tmp_path), **overrides)
             assert workflow.parser.get_parsed_content("inferer").crop_foreground is value
+
+
+def test_deterministic_override_sets_deterministic_algorithms_and_repeats(
+    tmp_path, tiny_cache, bundle_configs, tiny_overrides, run_bundle, monkeypatch
+):
+    """``--deterministic True`` turns on torch.use_deterministic_algorithms (what makes GPU training repeatable,
+    docs: bundle/docs/README.md) and sets cuBLAS's workspace; two runs give the same weights bit for bit."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    previous = torch.are_deterministic_algorithms_enabled()
+    weights = []
+    try:
+        for run in ("first", "second"):
+            overrides = tiny_overrides(tmp_path / run, tiny_cache, max_epochs=1, deterministic=True)
+            run_bundle(bundle_configs.tiny_train, **overrides)
+            assert torch.are_deterministic_algorithms_enabled()
+            assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+            weights.append(torch.load(tmp_path / run / "models" / "model.pt", weights_only=True))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])

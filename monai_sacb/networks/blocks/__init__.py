@@ -8,4 +8,4 @@ from .kmeans import KMeans, batched_kmeans, kmeans_init_draws, kmeans_subset_ind
 from .norm_act import InstanceNormLeakyReLU, instance_norm_leaky_relu
 from .matching import SimilarityMatching, similarity_matching_flow
 from .sac import SACBlock, local_mean
-from .warp import ddf_sampling_grid, resize_ddf, warp_with_ddf
+from .warp import ddf_sampling_grid, linear_resize, resize_ddf, warp_with_ddf

@@ -85,6 +85,14 @@ def _nearest_one_hot_cpu(points: torch.Tensor, centroids: torch.Tensor) -> torch
     return one_hot
 
 
+def _cumulative_sum(values: torch.Tensor) -> torch.Tensor:
+    """``torch.cumsum(values, dim=1)``; computed on the CPU (sequential, deterministic) for a GPU tensor under
+    ``torch.use_deterministic_algorithms(True)``, where PyTorch refuses a floating-point cumsum on CUDA."""
+    if values.device.type != "cpu" and torch.are_deterministic_algorithms_enabled():
+        return torch.cumsum(values.cpu(), dim=1).to(values.device)
+    return torch.cumsum(values, dim=1)
+
+
 def _gather_points(points: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(B, N, C) points, (B,) index -> (B, C): the indexed point of each sample."""
     return torch.gather(points, 1, index.reshape(-1, 1, 1).expand(-1, 1, points.shape[-1])).squeeze(1)
@@ -153,7 +161,7 @@ def batched_kmeans(
         nearest = _squared_distances(x, sq_norms, centroids[0].unsqueeze(1)).squeeze(-1).clamp_min(0)
         for j in range(1, num_clusters):
             # the tiny floor makes the draw uniform (instead of undefined) when every point is already a centre
-            cdf = torch.cumsum(nearest.double() + 1e-30, dim=1)
+            cdf = _cumulative_sum(nearest.double() + 1e-30)
             target = draws[j] * cdf[:, -1:]
             # first index whose cdf reaches the target; argmax over a 0/1 mask exports to ONNX, searchsorted may not
             index = (cdf > target).to(torch.uint8).argmax(dim=1)

@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
 from torch.nn import functional as F
 
-from monai_sacb.networks.utils import is_exporting, use_cpu_kernels
+from monai_sacb.networks.utils import deterministic_backward_needed, is_exporting, use_cpu_kernels
 
-__all__ = ["ddf_sampling_grid", "resize_ddf", "warp_with_ddf"]
+__all__ = ["ddf_sampling_grid", "linear_resize", "resize_ddf", "warp_with_ddf"]
 
 _MODES = ("bilinear", "nearest", "bicubic")
 
@@ -83,7 +84,10 @@ def warp_with_ddf(
 
     On CPU (:py:func:`~monai_sacb.networks.utils.use_cpu_kernels`), a single 3D sample is cut into as many slabs
     as there are threads and warped as a batch, since PyTorch's CPU ``grid_sample`` parallelises over the batch
-    only (1.7x faster on 2 threads; same values).
+    only (1.7x faster on 2 threads; same values). A differentiable "bilinear" warp on a GPU under
+    ``torch.use_deterministic_algorithms(True)`` (:py:func:`~monai_sacb.networks.utils.deterministic_backward_needed`)
+    interpolates with gathers instead, whose backward pass is deterministic there (the same values up to
+    rounding; more memory and time); "reflection" padding is not offered in that mode.
     """
     spatial_dims = image.ndim - 2
     spatial_shape = tuple(image.shape[2:])
@@ -104,6 +108,9 @@ def warp_with_ddf(
         return warped.to(image.dtype) if out is None else out.copy_(warped)
     # sampling positions need float32 at least: in bfloat16 a coordinate near 100 is off by up to 0.25 voxel
     dtype = torch.promote_types(image.dtype, torch.float32)
+    if mode == "bilinear" and deterministic_backward_needed(image, ddf):
+        warped = _linear_sample_by_gathers(image.to(dtype), ddf.to(dtype), padding_mode)
+        return warped.to(image.dtype) if out is None else out.copy_(warped)
     grid = ddf_sampling_grid(ddf.to(dtype))
     chunks = _thread_chunks(image) if use_cpu_kernels(image) else 1
     if chunks == 1:
@@ -145,6 +152,76 @@ def _grid_sample_in_slabs(
     )
 
 
+def _linear_sample_by_gathers(image: torch.Tensor, ddf: torch.Tensor, padding_mode: str) -> torch.Tensor:
+    """
+    ``image(p + ddf(p))`` by (bi/tri)linear interpolation written as one gather and one weight per corner of the
+    voxel cell, "zeros" or "border" padding: what ``grid_sample`` computes, with a backward pass of gathers'
+    scatter-adds, which ``torch.use_deterministic_algorithms(True)`` makes deterministic on GPUs.
+    """
+    if padding_mode not in ("zeros", "border"):
+        raise ValueError(
+            f"padding_mode={padding_mode!r} is not available for differentiable warps on a GPU under "
+            "torch.use_deterministic_algorithms(True); use 'zeros' or 'border', or leave deterministic algorithms off."
+        )
+    batch, channels, spatial_shape = image.shape[0], image.shape[1], tuple(image.shape[2:])
+    values = image.reshape(batch, channels, -1)
+    lows, fractions = [], []
+    for axis, size in enumerate(spatial_shape):
+        position = torch.arange(size, dtype=ddf.dtype, device=ddf.device)
+        position = ddf[:, axis] + position.view([size if a == axis else 1 for a in range(len(spatial_shape))])
+        if padding_mode == "border":
+            position = position.clamp(0, size - 1)
+        low = position.detach().floor()
+        lows.append(low.long())
+        fractions.append(position - low)
+    warped = None
+    for corner in itertools.product((0, 1), repeat=len(spatial_shape)):
+        index, weight, inside = None, None, None
+        for axis, (size, offset) in enumerate(zip(spatial_shape, corner)):
+            coordinate = lows[axis] + offset
+            axis_weight = fractions[axis] if offset else 1 - fractions[axis]
+            axis_inside = (coordinate >= 0) & (coordinate < size)
+            coordinate = coordinate.clamp(0, size - 1)
+            index = coordinate if index is None else index * size + coordinate
+            weight = axis_weight if weight is None else weight * axis_weight
+            inside = axis_inside if inside is None else inside & axis_inside
+        weight = weight * inside  # zero padding (border padding: every clamped corner is inside)
+        gathered = torch.gather(values, 2, index.reshape(batch, 1, -1).expand(batch, channels, -1))
+        term = gathered * weight.reshape(batch, 1, -1)
+        warped = term if warped is None else warped + term
+    return warped.reshape(image.shape)
+
+
+def linear_resize(x: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
+    """
+    ``F.interpolate(x, size=spatial_size, mode="bilinear"/"trilinear", align_corners=True)``; when autograd will
+    differentiate it on a GPU under ``torch.use_deterministic_algorithms(True)``
+    (:py:func:`~monai_sacb.networks.utils.deterministic_backward_needed`), where PyTorch's backward refuses to
+    run, the same interpolation one axis at a time as two ``index_select`` and a ``lerp`` (same values up to
+    rounding).
+
+    Args:
+        x: (B, C, *S) tensor, 2 or 3 spatial dimensions.
+        spatial_size: the new spatial size.
+
+    Returns:
+        (B, C, *spatial_size) tensor.
+    """
+    size = tuple(int(s) for s in spatial_size)
+    if not deterministic_backward_needed(x):
+        return F.interpolate(x, size=size, mode="trilinear" if x.ndim == 5 else "bilinear", align_corners=True)
+    for axis, (old, new) in enumerate(zip(x.shape[2:], size)):
+        if old == new:
+            continue
+        dim = axis + 2
+        position = torch.arange(new, dtype=torch.float64, device=x.device) * ((old - 1) / max(new - 1, 1))
+        low = position.floor().clamp(0, max(old - 2, 0)).long()
+        high = (low + 1).clamp_max(old - 1)
+        shape = [new if d == dim else 1 for d in range(x.ndim)]
+        x = torch.lerp(x.index_select(dim, low), x.index_select(dim, high), (position - low).to(x.dtype).view(shape))
+    return x
+
+
 def resize_ddf(ddf: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
     """
     The same displacement field on a grid of another size spanning the same extent (``align_corners=True``):
@@ -174,6 +251,6 @@ def resize_ddf(ddf: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
         raise ValueError(f"every spatial size must be >= 2 to rescale a ddf, got {old} -> {new}.")
     if old == new:
         return ddf
-    out = F.interpolate(ddf, size=new, mode="trilinear" if spatial_dims == 3 else "bilinear", align_corners=True)
+    out = linear_resize(ddf, new)
     scale = torch.tensor([(m - 1) / (n - 1) for n, m in zip(old, new)], dtype=out.dtype, device=out.device)
     return out * scale.view(1, spatial_dims, *([1] * spatial_dims))

@@ -11,8 +11,13 @@ from monai_sacb.networks.blocks.conv import SameConv2d, SameConv3d, same_conv
 from monai_sacb.networks.blocks.encoder import PyramidEncoder, conv_norm_act
 from monai_sacb.networks.blocks.matching import similarity_matching_flow
 from monai_sacb.networks.blocks.sac import SACBlock
-from monai_sacb.networks.blocks.warp import warp_with_ddf
-from monai_sacb.networks.utils import channels_last_format, is_exporting, use_cpu_kernels
+from monai_sacb.networks.blocks.warp import linear_resize, warp_with_ddf
+from monai_sacb.networks.utils import (
+    channels_last_format,
+    deterministic_backward_needed,
+    is_exporting,
+    use_cpu_kernels,
+)
 
 __all__ = ["SACBNetBackbone", "SACBNet"]
 
@@ -188,6 +193,8 @@ class SACBNetBackbone(nn.Module):
 
     def _upsample(self, flow: torch.Tensor) -> torch.Tensor:
         """Flow on one level -> flow on the next finer level (x2 in size and in voxel units)."""
+        if deterministic_backward_needed(flow):
+            return linear_resize(2 * flow, [2 * size for size in flow.shape[2:]])
         mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
         return F.interpolate(2 * flow, scale_factor=2, mode=mode, align_corners=True)
 

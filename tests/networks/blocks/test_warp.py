@@ -144,3 +144,95 @@ def test_bad_mode_and_complex_image():
         warp_with_ddf(torch.rand(1, 1, 4, 4), torch.rand(1, 2, 4, 4), mode="trilinear")
     with pytest.raises(ValueError, match="real-valued"):
         warp_with_ddf(torch.rand(1, 1, 4, 4).to(torch.complex64), torch.rand(1, 2, 4, 4))
+
+
+@pytest.fixture
+def deterministic_gpu_paths(monkeypatch):
+    """The formulations a GPU takes under torch.use_deterministic_algorithms(True), forced on the CPU."""
+    import monai_sacb.networks.blocks.warp as warp_module
+
+    monkeypatch.setattr(warp_module, "deterministic_backward_needed", lambda *tensors: True)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 6, 5, 7), (2, 3, 12, 4, 5), (2, 2, 9, 7)])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_gather_warp_equals_grid_sample_values_and_gradients(shape, padding_mode, deterministic_gpu_paths):
+    generator = torch.Generator().manual_seed(5)
+    spatial_dims = len(shape) - 2
+    image = torch.randn(shape, generator=generator, dtype=torch.float64)
+    ddf = torch.randn(shape[0], spatial_dims, *shape[2:], generator=generator, dtype=torch.float64) * 3  # some outside
+    grad = torch.randn(shape, generator=generator, dtype=torch.float64)
+    results = []
+    for formulation in ("gathers", "grid_sample"):
+        leaf_image, leaf_ddf = image.clone().requires_grad_(True), ddf.clone().requires_grad_(True)
+        if formulation == "gathers":
+            out = warp_with_ddf(leaf_image, leaf_ddf, padding_mode)
+        else:
+            out = Warp(mode="bilinear", padding_mode=padding_mode)(leaf_image, leaf_ddf)
+        results.append((out, *torch.autograd.grad(out, (leaf_image, leaf_ddf), grad)))
+    for mine, expected in zip(*results):
+        torch.testing.assert_close(mine, expected, rtol=0, atol=1e-10)
+
+
+def test_gather_warp_refuses_reflection_padding(deterministic_gpu_paths):
+    image, ddf = torch.rand(1, 1, 4, 5, 6, requires_grad=True), torch.zeros(1, 3, 4, 5, 6)
+    with pytest.raises(ValueError, match="use 'zeros' or 'border'"):
+        warp_with_ddf(image, ddf, "reflection")
+
+
+@pytest.mark.parametrize("sizes", [((5, 7, 6), (10, 14, 12)), ((9, 4, 6), (5, 7, 6)), ((6, 8), (12, 3))])
+def test_linear_resize_equals_interpolate_values_and_gradients(sizes, deterministic_gpu_paths):
+    from torch.nn import functional as F
+
+    from monai_sacb.networks.blocks.warp import linear_resize
+
+    old, new = sizes
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, *old, generator=generator, dtype=torch.float64, requires_grad=True)
+    out = linear_resize(x, new)
+    expected = F.interpolate(x, size=new, mode="trilinear" if len(old) == 3 else "bilinear", align_corners=True)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    grad = torch.randn(out.shape, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+
+
+def test_deterministic_formulations_only_for_gpu_gradients():
+    from monai_sacb.networks.utils import deterministic_backward_needed
+
+    cpu = torch.zeros(2, requires_grad=True)
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert not deterministic_backward_needed(cpu)  # PyTorch's CPU kernels are deterministic
+        meta = torch.zeros(2, device="meta", requires_grad=True)
+        assert deterministic_backward_needed(cpu, meta)
+        with torch.no_grad():
+            assert not deterministic_backward_needed(meta)
+        torch.use_deterministic_algorithms(False)
+        assert not deterministic_backward_needed(meta)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_warp_under_deterministic_algorithms_repeats_bitwise():
+    generator = torch.Generator().manual_seed(7)
+    image = torch.randn(1, 8, 24, 20, 28, generator=generator).cuda()
+    ddf = (torch.randn(1, 3, 24, 20, 28, generator=generator) * 3).cuda()
+    grad = torch.randn(image.shape, generator=generator).cuda()
+
+    def run():
+        leaf_image, leaf_ddf = image.clone().requires_grad_(True), ddf.clone().requires_grad_(True)
+        out = warp_with_ddf(leaf_image, leaf_ddf)
+        return (out, *torch.autograd.grad(out, (leaf_image, leaf_ddf), grad))
+
+    default = run()
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        first, second = run(), run()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for a, b, c in zip(first, second, default):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)

@@ -578,19 +578,30 @@ def test_new_sizes_after_a_first_forward(image_pair):
     assert ddf.shape == (2, 3, 32, 32, 32)
 
 
+def _smooth_pair(shape, device="cpu"):
+    from monai_sacb.transforms.deformation import random_smooth_ddf
+
+    axes = torch.meshgrid(*[torch.linspace(-1, 1, n) for n in shape], indexing="ij")
+    fixed = (1 - sum(a**2 for a in axes) / 2).clamp_min(0)[None, None]  # a smooth blob with edges
+    fixed = fixed + 0.3 * torch.sin(4 * axes[0])[None, None] * (fixed > 0)
+    moving = warp_with_ddf(fixed, random_smooth_ddf(shape, 3.0, 16, rng=0)[None])
+    return moving.to(device), fixed.to(device)
+
+
+def _training_step(net, moving, fixed):
+    warped, ddf = net(moving, fixed)
+    loss = (warped - fixed).square().mean() + ddf.square().mean()
+    return float(loss.detach()), torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(net.parameters()))])
+
+
 def test_the_formulation_run_off_the_cpu_gives_the_cpu_kernels_ddf(bundle_state_dict):
     """The shipped network with every CPU kernel switched off (what a GPU, tracing and export run) registers a
     smooth pair like the CPU kernels do: the two formulations compute the same function, up to rounding."""
     import sys
 
-    from monai_sacb.transforms.deformation import random_smooth_ddf
-
     net = SACBNetBackbone(subtract_self_estimate=True).eval()
     net.load_state_dict(bundle_state_dict)
-    axes = torch.meshgrid(*[torch.linspace(-1, 1, n) for n in (48, 64, 48)], indexing="ij")
-    fixed = (1 - sum(a**2 for a in axes) / 2).clamp_min(0)[None, None]  # a smooth blob with edges
-    fixed = fixed + 0.3 * torch.sin(4 * axes[0])[None, None] * (fixed > 0)
-    moving = warp_with_ddf(fixed, random_smooth_ddf((48, 64, 48), 3.0, 16, rng=0)[None])
+    moving, fixed = _smooth_pair((48, 64, 48))
     pair = torch.cat([moving, fixed], dim=1)
     modules = [
         module for name, module in sys.modules.items()
@@ -633,13 +644,7 @@ def test_cuda_training_step_with_the_fused_norm_equals_pytorchs_norm(bundle_stat
 
     net = SACBNet(subtract_self_estimate=True).cuda().train()
     net.backbone.load_state_dict(bundle_state_dict)
-    from monai_sacb.transforms.deformation import random_smooth_ddf
-
-    axes = torch.meshgrid(*[torch.linspace(-1, 1, n) for n in (48, 64, 48)], indexing="ij")
-    fixed = (1 - sum(a**2 for a in axes) / 2).clamp_min(0)[None, None]  # a smooth blob with edges
-    fixed = fixed + 0.3 * torch.sin(4 * axes[0])[None, None] * (fixed > 0)
-    moving = warp_with_ddf(fixed, random_smooth_ddf((48, 64, 48), 3.0, 16, rng=0)[None]).cuda()
-    fixed = fixed.cuda()
+    moving, fixed = _smooth_pair((48, 64, 48), "cuda")
 
     def step(fused: bool, amp: bool):
         storages = {}
@@ -669,3 +674,48 @@ def test_cuda_training_step_with_the_fused_norm_equals_pytorchs_norm(bundle_stat
     fused_error, error = float((fused_amp_grad - grad).norm()), float((amp_grad - grad).norm())
     assert fused_error <= 1.5 * error + 1e-3 * float(grad.norm()), (fused_error, error, float(grad.norm()))
     assert fused_amp_bytes < 0.75 * amp_bytes, (fused_amp_bytes, amp_bytes)
+
+
+def test_the_deterministic_gpu_formulations_train_like_the_default(bundle_state_dict, monkeypatch):
+    """The gathers and index selections a GPU takes under torch.use_deterministic_algorithms(True), forced on the
+    CPU, give a training step the loss and gradients of grid_sample and interpolate."""
+    import monai_sacb.networks.blocks.warp as warp_module
+
+    net = SACBNet(subtract_self_estimate=True).train()
+    net.backbone.load_state_dict(bundle_state_dict)
+    moving, fixed = _smooth_pair((32, 48, 32))
+    loss, grad = _training_step(net, moving, fixed)
+    calls = []
+
+    def forced(*tensors):
+        calls.append(len(tensors))
+        return torch.is_grad_enabled()
+
+    monkeypatch.setattr(warp_module, "deterministic_backward_needed", forced)
+    monkeypatch.setattr(sacbnet_module, "deterministic_backward_needed", forced)
+    forced_loss, forced_grad = _training_step(net, moving, fixed)
+    assert len(calls) >= 10  # every warp and upsampling of the decoder asked
+    assert abs(forced_loss - loss) <= 1e-5 * abs(loss)
+    assert float((forced_grad - grad).norm()) <= 1e-3 * float(grad.norm())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_under_deterministic_algorithms_repeats_bitwise(bundle_state_dict, monkeypatch):
+    """monai.utils.set_determinism(..., use_deterministic_algorithms=True) on a GPU: a training step runs (PyTorch's
+    grid_sample, interpolate and cumsum would refuse) and repeats bit for bit."""
+    import os
+
+    monkeypatch.setitem(os.environ, "CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    net = SACBNet(subtract_self_estimate=True).cuda().train()
+    net.backbone.load_state_dict(bundle_state_dict)
+    moving, fixed = _smooth_pair((48, 64, 48), "cuda")
+    default_loss, default_grad = _training_step(net, moving, fixed)
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        (loss, grad), (again_loss, again_grad) = _training_step(net, moving, fixed), _training_step(net, moving, fixed)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert loss == again_loss and torch.equal(grad, again_grad)
+    assert abs(loss - default_loss) <= 1e-3 * abs(default_loss)
+    assert float((grad - default_grad).norm()) <= 1e-2 * float(default_grad.norm())
