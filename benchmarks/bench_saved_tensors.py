@@ -77,7 +77,11 @@ def main() -> None:
     rows = [
         ("SACBNet, CPU kernels (as on a CPU)", SACBNet, lambda name: True),
         ("SACBNet, plain formulation (tracing, export, compile)", SACBNet, lambda name: False),
-        ("SACBNet, plain formulation + fused norm (as on a CUDA GPU)", SACBNet, lambda name: name.endswith(".norm_act")),
+        (
+            "SACBNet, plain formulation + fused norm (as on a CUDA GPU)",
+            SACBNet,
+            lambda name: name.endswith(".norm_act"),
+        ),
         ("VoxelMorph (MONAI defaults)", VoxelMorph, lambda name: True),
     ]
     print(f"{'x'.join(map(str, size))} voxels, batch 1, torch {torch.__version__}, CPU\n")
