@@ -15,10 +15,12 @@ from monai_sacb.handlers import latest_checkpoint
 
 def test_multi_gpu_override_with_torchrun_gloo(tmp_path, tiny_cache, bundle_configs, tiny_overrides, trained_root):
     """The Model Zoo multi-GPU override, run on CPU: torchrun with 2 processes, gloo backend, DDP, DistributedSampler;
-    fine-tuning from pretrained weights (at learning rate 0, so that they must come out unchanged)."""
+    fine-tuning from pretrained weights (at learning rate 0, so that they must come out unchanged); with
+    --deterministic True, which the override's own initialize must pass on."""
     pretrained = trained_root / "models" / "model.pt"
     overrides = tiny_overrides(
-        tmp_path, tiny_cache, max_epochs=1, num_samples=4, pretrained_ckpt=str(pretrained), learning_rate=0.0
+        tmp_path, tiny_cache, max_epochs=1, num_samples=4, pretrained_ckpt=str(pretrained), learning_rate=0.0,
+        deterministic=True,
     )
     args = []
     for key, value in overrides.items():
