@@ -319,6 +319,43 @@ def test_cuda_matches_cpu(pair3d):
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-3)
 
 
+def test_the_deterministic_gpu_warp_optimises_like_the_default(pair3d, monkeypatch):
+    """The gather-based warp a GPU takes under torch.use_deterministic_algorithms(True), forced on the CPU, leads
+    the optimisation where grid_sample does (to the tolerance CUDA is held to against the CPU)."""
+    import monai_sacb.networks.blocks.warp as warp_module
+
+    moving, fixed, _ = pair3d
+    io = InstanceOptimization(levels=(2, 1), steps=(10, 3))
+    default = io(moving, fixed)
+    calls = []
+
+    def forced(*tensors):
+        calls.append(1)
+        return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+    monkeypatch.setattr(warp_module, "deterministic_backward_needed", forced)
+    gathered = io(moving, fixed)
+    assert len(calls) >= 13  # a warp per step
+    torch.testing.assert_close(gathered, default, rtol=0, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_under_deterministic_algorithms_repeats_bitwise(pair3d, monkeypatch):
+    import os
+
+    monkeypatch.setitem(os.environ, "CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    moving, fixed, _ = pair3d
+    io = InstanceOptimization(levels=(2, 1), steps=(10, 3))
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        first, second = io(moving.cuda(), fixed.cuda()), io(moving.cuda(), fixed.cuda())
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first.cpu(), io(moving, fixed), rtol=0, atol=1e-3)
+
+
 # ---------------------------------------------------------------------------------------------- bad inputs
 
 
