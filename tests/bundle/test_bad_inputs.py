@@ -182,3 +182,15 @@ def test_json_syntax_error_names_the_file(tmp_path, tiny_cache, fails, bundle_co
     overrides = tiny_overrides(tmp_path, tiny_cache, data_format="json", dataset_dir=str(datalist))
     message = fails([bundle_configs.train, bundle_configs.data_files], **overrides)
     assert re.search(r"JSON datalist .*pairs\.json is not valid JSON: .* at line 3, column 1", message), message
+
+
+def test_a_lower_case_false_on_the_command_line_is_refused(tmp_path, tiny_cache, fails, bundle_configs, tiny_overrides):
+    """``--amp false`` reaches the config as the truthy string "false": refused before anything runs or is written,
+    in every config."""
+    overrides = tiny_overrides(tmp_path, tiny_cache, amp="false", deterministic="False")
+    message = fails(bundle_configs.tiny_train, **overrides)
+    assert "--amp 'false' (str), --deterministic 'False' (str): these options take True or False" in message, message
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())
+    for config in (bundle_configs.inference, str(bundle_configs.root / "configs" / "evaluate.json")):
+        message = fails(config, "infer", bundle_root=str(tmp_path), symmetric="false")
+        assert "--symmetric 'false' (str): this option takes True or False" in message, message
