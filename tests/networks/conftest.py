@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,23 @@ def image_pair():
 def bundle_state_dict():
     """The shipped ``bundle/models/model.pt``: a plain state dict of ``SACBNetBackbone()``."""
     return torch.load(BUNDLE_MODEL, map_location="cpu", weights_only=True)
+
+
+@contextmanager
+def _saved_storages():
+    """Within the block, the distinct storages autograd saves for backward: a dict, data pointer -> bytes."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storages.setdefault(tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield storages
+
+
+@pytest.fixture
+def saved_storages():
+    """``with saved_storages() as storages: ...``: ``sum(storages.values())`` is what autograd saved for backward
+    inside the block, in bytes, each storage counted once."""
+    return _saved_storages

@@ -117,23 +117,10 @@ def test_low_precision_with_gradient_uses_pytorch_instance_norm():
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def _saved_bytes(fn, x):
-    """Bytes of the distinct storages autograd saves while ``fn(x)`` runs."""
-    storages = {}
-
-    def pack(tensor):
-        storages.setdefault(tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = fn(x)
-    return out, sum(storages.values())
-
-
 @needs_cuda
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("tf32", [False, True])
-def test_cuda_training_runs_the_fused_function_and_equals_pytorch(layout, tf32, monkeypatch):
+def test_cuda_training_runs_the_fused_function_and_equals_pytorch(layout, tf32, monkeypatch, saved_storages):
     """GPU training takes the fused function (one saved tensor, not two) with float32 statistics, TF32 or not."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
@@ -145,13 +132,16 @@ def test_cuda_training_runs_the_fused_function_and_equals_pytorch(layout, tf32, 
     (expected_dx,) = torch.autograd.grad(expected, leaf64, grad)
 
     x = _layout(x64.float().cuda(), layout).requires_grad_(True)
-    out, fused_bytes = _saved_bytes(lambda t: instance_norm_leaky_relu(t * 1.0, inplace=True), x)
+    with saved_storages() as fused:
+        out = instance_norm_leaky_relu(x * 1.0, inplace=True)
     assert type(out.grad_fn).__name__ == "_InstanceNormLeakyReLUBackward" and out.stride() == x.stride()
     (dx,) = torch.autograd.grad(out, x, grad.float().cuda())
     torch.testing.assert_close(out.double().cpu(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dx.double().cpu(), expected_dx, rtol=1e-4, atol=1e-4)
-    _, plain_bytes = _saved_bytes(lambda t: _reference(t * 1.0), x)
-    assert fused_bytes < 0.6 * plain_bytes  # the output alone (and per-channel values) against input and output
+    with saved_storages() as plain:
+        _reference(x * 1.0)
+    # the output alone (and per-channel values) against the input and the output
+    assert sum(fused.values()) < 0.6 * sum(plain.values())
     with torch.no_grad():  # inference keeps PyTorch's kernels
         assert instance_norm_leaky_relu(x).grad_fn is None
 

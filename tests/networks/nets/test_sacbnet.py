@@ -636,7 +636,7 @@ def test_moved_to_cuda_after_a_first_forward(image_pair):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_training_step_with_the_fused_norm_equals_pytorchs_norm(bundle_state_dict):
+def test_cuda_training_step_with_the_fused_norm_equals_pytorchs_norm(bundle_state_dict, saved_storages):
     """A training step on the GPU takes the fused norm (less saved for backward) and computes what PyTorch's
     instance_norm + leaky_relu compute: in float32 the same loss and gradients up to rounding; under float16
     autocast gradients as close to float32's as PyTorch's own norm gives."""
@@ -647,16 +647,10 @@ def test_cuda_training_step_with_the_fused_norm_equals_pytorchs_norm(bundle_stat
     moving, fixed = _smooth_pair((48, 64, 48), "cuda")
 
     def step(fused: bool, amp: bool):
-        storages = {}
-
-        def pack(tensor):
-            storages.setdefault(tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
-            return tensor
-
         with mock.patch.object(norm_act, "_saves_memory_in_training", wraps=norm_act._saves_memory_in_training) as f:
             if not fused:
                 f.side_effect, f.return_value = None, False
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cuda", enabled=amp):
+            with saved_storages() as storages, torch.autocast("cuda", enabled=amp):
                 warped, ddf = net(moving, fixed)
             loss = (warped.float() - fixed).square().mean() + ddf.float().square().mean()
             grads = torch.autograd.grad(loss, list(net.parameters()))
