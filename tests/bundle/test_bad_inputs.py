@@ -194,3 +194,25 @@ def test_a_lower_case_false_on_the_command_line_is_refused(tmp_path, tiny_cache,
     for config in (bundle_configs.inference, str(bundle_configs.root / "configs" / "evaluate.json")):
         message = fails(config, "infer", bundle_root=str(tmp_path), symmetric="false")
         assert "--symmetric 'false' (str): this option takes True or False" in message, message
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"learning_rate": "1e-4x"}, "--learning_rate '1e-4x' (str): this option takes a number >= 0."),
+        ({"num_samples": -1}, "--num_samples -1 (int): this option takes a whole number >= 1."),
+        ({"max_epochs": 1.5, "num_val_pairs": -2}, None),
+    ],
+)
+def test_numeric_options_of_the_wrong_type_or_range_are_refused(
+    override, message, tmp_path, tiny_cache, fails, bundle_configs, tiny_overrides
+):
+    """A typo in a number arrives as text, and a negative count emptied the training list (with a message about
+    --dataset_dir): both refused before anything runs, naming the option."""
+    overrides = tiny_overrides(tmp_path, tiny_cache, **override)
+    messages = fails(bundle_configs.tiny_train, **overrides)
+    if message is None:  # two checks: the first one that fails names its option
+        assert "--max_epochs 1.5 (float): this option takes a whole number >= 1." in messages, messages
+    else:
+        assert message in messages, messages
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())

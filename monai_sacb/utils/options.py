@@ -1,0 +1,63 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["check_flags", "check_numbers"]
+
+
+def check_flags(**flags: object) -> None:
+    """
+    Refuse bundle options that should be True or False but are not, naming each one and the fix.
+
+    ``python -m monai.bundle run ... --amp False`` passes the boolean False, but ``--amp false`` (lower case, as
+    in JSON) passes the string ``"false"``, which is truthy: the run would silently do the opposite of what was
+    asked. The bundle's configs call this first in ``initialize`` with their True/False options.
+
+    Args:
+        flags: option name -> its parsed value.
+
+    Raises:
+        ValueError: one or more values are not booleans.
+    """
+    wrong = {name: value for name, value in flags.items() if not isinstance(value, bool)}
+    if wrong:
+        listed = ", ".join(f"--{name} {value!r} ({type(value).__name__})" for name, value in wrong.items())
+        raise ValueError(
+            f"{listed}: {'these options take' if len(wrong) > 1 else 'this option takes'} True or False; on the "
+            "command line write them with a capital letter (--amp False), in a JSON config as true or false "
+            "without quotes."
+        )
+
+
+def check_numbers(*, integer: bool = False, minimum: float = 0, allow_none: bool = False, **values: object) -> None:
+    """
+    Refuse numeric bundle options that are not finite numbers of at least ``minimum`` (whole numbers where
+    ``integer``), naming each one and the fix, before they reach a component that would fail with a bare
+    ``TypeError`` (``--learning_rate 1e-4x`` arrives as text) or with a misleading message (``--num_samples -1``
+    leaves the training list empty).
+
+    Args:
+        integer: the options count something: int values only (True and False are not counts).
+        minimum: the smallest value allowed.
+        allow_none: None is a valid value (e.g. ``num_val_pairs``: all pairs).
+        values: option name -> its parsed value.
+
+    Raises:
+        ValueError: one or more values are of the wrong type or below ``minimum``.
+    """
+    kind = "a whole number" if integer else "a number"
+    wrong = []
+    for name, value in values.items():
+        if value is None and allow_none:
+            continue
+        numeric = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not numeric or not math.isfinite(value) or value < minimum:
+            wrong.append(f"--{name} {value!r} ({type(value).__name__})")
+    if wrong:
+        allowed = f"{kind} >= {minimum:g}" + (" or None" if allow_none else "")
+        raise ValueError(
+            f"{', '.join(wrong)}: {'these options take' if len(wrong) > 1 else 'this option takes'} {allowed}."
+        )
