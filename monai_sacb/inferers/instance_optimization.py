@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -131,11 +132,22 @@ def _box_smooth(field: torch.Tensor, passes: int) -> torch.Tensor:
 
 
 def _as_per_level(value: float | Sequence[float], num_levels: int, name: str, cast: type) -> tuple:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    """One value per level from one number or a sequence of them; whole numbers only where ``cast`` is int."""
+
+    def fits(v: object) -> bool:
+        number = isinstance(v, numbers.Real) and not isinstance(v, bool)
+        return number and (cast is not int or float(v).is_integer())
+
+    kind = "whole number" if cast is int else "number"
+    if fits(value):
         return (cast(value),) * num_levels
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(f"{name} must be one {kind} or one per level ({num_levels}), got {value!r}.")
     values = tuple(value)
     if len(values) != num_levels:
         raise ValueError(f"{name} must be one number or one per level ({num_levels}), got {len(values)}: {values}.")
+    if not all(fits(v) for v in values):
+        raise ValueError(f"{name} must be one {kind} or one per level ({num_levels}), got {values}.")
     return tuple(cast(v) for v in values)
 
 
