@@ -138,16 +138,14 @@ def _as_per_level(value: float | Sequence[float], num_levels: int, name: str, ca
         number = isinstance(v, numbers.Real) and not isinstance(v, bool)
         return number and (cast is not int or float(v).is_integer())
 
-    kind = "whole number" if cast is int else "number"
     if fits(value):
         return (cast(value),) * num_levels
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise ValueError(f"{name} must be one {kind} or one per level ({num_levels}), got {value!r}.")
-    values = tuple(value)
-    if len(values) != num_levels:
-        raise ValueError(f"{name} must be one number or one per level ({num_levels}), got {len(values)}: {values}.")
-    if not all(fits(v) for v in values):
-        raise ValueError(f"{name} must be one {kind} or one per level ({num_levels}), got {values}.")
+    is_sequence = isinstance(value, Iterable) and not isinstance(value, (str, bytes))
+    values = tuple(value) if is_sequence else ()
+    if len(values) != num_levels or not all(fits(v) for v in values):
+        kind = "whole number" if cast is int else "number"
+        shown = f"{len(values)}: {values}" if is_sequence and len(values) != num_levels else repr(values or value)
+        raise ValueError(f"{name} must be one {kind} or one per level ({num_levels}), got {shown}.")
     return tuple(cast(v) for v in values)
 
 

@@ -22,14 +22,11 @@ def check_flags(**flags: object) -> None:
     Raises:
         ValueError: one or more values are not booleans.
     """
-    wrong = {name: value for name, value in flags.items() if not isinstance(value, bool)}
-    if wrong:
-        listed = ", ".join(f"--{name} {value!r} ({type(value).__name__})" for name, value in wrong.items())
-        raise ValueError(
-            f"{listed}: {'these options take' if len(wrong) > 1 else 'this option takes'} True or False; on the "
-            "command line write them with a capital letter (--amp False), in a JSON config as true or false "
-            "without quotes."
-        )
+    _refuse(
+        {name: value for name, value in flags.items() if not isinstance(value, bool)},
+        "True or False; on the command line write them with a capital letter (--amp False), in a JSON config as "
+        "true or false without quotes.",
+    )
 
 
 def check_numbers(*, integer: bool = False, minimum: float = 0, allow_none: bool = False, **values: object) -> None:
@@ -48,16 +45,22 @@ def check_numbers(*, integer: bool = False, minimum: float = 0, allow_none: bool
     Raises:
         ValueError: one or more values are of the wrong type or below ``minimum``.
     """
-    kind = "a whole number" if integer else "a number"
-    wrong = []
-    for name, value in values.items():
-        if value is None and allow_none:
-            continue
+
+    def fits(value: object) -> bool:
+        if value is None:
+            return allow_none
         numeric = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not numeric or not math.isfinite(value) or value < minimum:
-            wrong.append(f"--{name} {value!r} ({type(value).__name__})")
+        return not isinstance(value, bool) and numeric and math.isfinite(value) and value >= minimum
+
+    kind = "a whole number" if integer else "a number"
+    _refuse(
+        {name: value for name, value in values.items() if not fits(value)},
+        f"{kind} >= {minimum:g}" + (" or None." if allow_none else "."),
+    )
+
+
+def _refuse(wrong: dict[str, object], takes: str) -> None:
+    """A ValueError naming each wrong option with its value and type, and what the options take."""
     if wrong:
-        allowed = f"{kind} >= {minimum:g}" + (" or None" if allow_none else "")
-        raise ValueError(
-            f"{', '.join(wrong)}: {'these options take' if len(wrong) > 1 else 'this option takes'} {allowed}."
-        )
+        listed = ", ".join(f"--{name} {value!r} ({type(value).__name__})" for name, value in wrong.items())
+        raise ValueError(f"{listed}: {'these options take' if len(wrong) > 1 else 'this option takes'} {takes}")
