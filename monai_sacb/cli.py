@@ -198,6 +198,20 @@ def _config(bundle: Path, name: str, what: str) -> Path:
     return path
 
 
+def _output_folder(option: str, path: str | os.PathLike) -> str:
+    """The absolute path of an output folder option, refused in the CLI's own spelling if it cannot be written."""
+    from monai_sacb.utils import check_output_dirs
+
+    full = str(Path(os.path.expanduser(os.fspath(path))).absolute())
+    try:
+        check_output_dirs(output_dir=full)
+    except ValueError as error:
+        message = str(error).replace("--output_dir", option, 1)
+    else:
+        return full
+    raise UserError(message)  # outside the handler: the CLI reports the innermost error of a chain
+
+
 def _input_file(label: str, path: str | os.PathLike) -> str:
     """``path`` absolute, or a UserError naming the option and the file when it is not a readable file."""
     full = Path(os.path.expanduser(os.fspath(path))).absolute()
@@ -453,7 +467,7 @@ def cmd_register(args: argparse.Namespace) -> int:
         fixed_image=fixed,
         moving_label=_input_file("--moving-label", args.moving_label) if args.moving_label else "",
         ckpt_path=_model_path(args, bundle),
-        output_dir=str(Path(os.path.expanduser(args.output_dir)).absolute()),
+        output_dir=_output_folder("-o", args.output_dir),
         symmetric=not args.no_symmetric,
         crop_foreground=not args.no_crop,
     )
@@ -535,7 +549,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if sys.stderr.isatty():
         overrides["io_progress"] = True
     if args.output_dir:
-        overrides["output_dir"] = str(Path(os.path.expanduser(args.output_dir)).absolute())
+        overrides["output_dir"] = _output_folder("--output-dir", args.output_dir)
     overrides.update(dict(args.set or ()))
     out = Path(overrides["output_dir"]) if "output_dir" in overrides else None
     before = _snapshot(out) if out else {}
@@ -581,7 +595,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides[option] = getattr(args, option)
     for option in ("ckpt_dir", "output_dir"):
         if getattr(args, option):
-            overrides[option] = str(Path(os.path.expanduser(getattr(args, option))).absolute())
+            overrides[option] = _output_folder("--" + option.replace("_", "-"), getattr(args, option))
     if args.resume is not None:
         overrides["resume"] = args.resume
     if args.pretrained:

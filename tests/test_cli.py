@@ -189,6 +189,23 @@ def test_unreadable_and_unusable_images_exit_2_naming_the_file(pair, tmp_path, c
     assert "is not a label map" in line and pair["fixed"] in line
 
 
+def test_output_folders_below_a_file_exit_2_in_the_clis_own_spelling(pair, tmp_path, capsys):
+    """Before this check `register -o FILE/out` was reported as an internal error (NotADirectoryError)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for argv, option in (
+        (["register", pair["moving"], pair["fixed"], "-o", blocker / "out", *FAST], "-o"),
+        (["evaluate", "--output-dir", blocker / "out"], "--output-dir"),
+        (["train", "--ckpt-dir", blocker / "out"], "--ckpt-dir"),
+        (["train", "--output-dir", blocker / "out"], "--output-dir"),
+    ):
+        line = _user_error(capsys, *argv)
+        assert line == (
+            f"monai-sacb {argv[0]}: error: {option} '{blocker / 'out'}' ({blocker} is a file, not a folder): "
+            "give a folder this process can create or write to."
+        )
+
+
 def test_apply_refuses_a_monai_ddf_as_transform(registered, pair, tmp_path, capsys):
     line = _user_error(capsys, "apply", registered["ddf"], pair["moving"], "-o", tmp_path / "a.nii.gz")
     assert str(registered["ddf"]) in line and "displacement field" in line

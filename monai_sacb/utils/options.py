@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import math
+import os
 
-__all__ = ["check_flags", "check_numbers"]
+__all__ = ["check_flags", "check_numbers", "check_output_dirs"]
 
 
 def check_flags(**flags: object) -> None:
@@ -57,6 +58,42 @@ def check_numbers(*, integer: bool = False, minimum: float = 0, allow_none: bool
         {name: value for name, value in values.items() if not fits(value)},
         f"{kind} >= {minimum:g}" + (" or None." if allow_none else "."),
     )
+
+
+def check_output_dirs(**dirs: object) -> None:
+    """
+    Refuse output folders that cannot be written, before anything runs: otherwise a run trains or registers and
+    then fails while saving, with a stack trace from deep inside the saver. Nothing is created: a folder that does
+    not exist yet passes if its nearest existing parent is a folder this process may write to.
+
+    Args:
+        dirs: option name -> the folder's path.
+
+    Raises:
+        ValueError: one or more paths are empty, not text, lie below a file, or are not writable.
+    """
+    wrong = {}
+    for name, path in dirs.items():
+        problem = _unwritable(path)
+        if problem:
+            wrong[name] = f"{path!r} ({problem})"
+    if wrong:
+        listed = "; ".join(f"--{name} {why}" for name, why in wrong.items())
+        raise ValueError(f"{listed}: give a folder this process can create or write to.")
+
+
+def _unwritable(path: object) -> str:
+    """Why ``path`` cannot become a writable folder, or "" if it can."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        return "not a folder path"
+    existing = os.path.abspath(os.fspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return ""
 
 
 def _refuse(wrong: dict[str, object], takes: str) -> None:

@@ -216,3 +216,23 @@ def test_numeric_options_of_the_wrong_type_or_range_are_refused(
     else:
         assert message in messages, messages
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())
+
+
+def test_an_output_folder_below_a_file_is_refused_before_anything_runs(
+    tmp_path, tiny_cache, fails, bundle_configs, tiny_overrides, trained_root, pair_files
+):
+    """Inference had registered its first pair before it failed to save it, with a stack trace from MONAI's saver;
+    training stopped inside the checkpoint handler. Every config now names the folder option first."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    below_file = str(blocker / "out")
+    overrides = tiny_overrides(tmp_path, tiny_cache, ckpt_dir=below_file)
+    message = fails(bundle_configs.tiny_train, **overrides)
+    assert f"--ckpt_dir '{below_file}' ({blocker} is a file, not a folder): give a folder" in message, message
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())
+    inference = {"bundle_root": str(trained_root), "output_dir": below_file, **pair_files}
+    message = fails(bundle_configs.inference, "infer", **inference)
+    assert f"--output_dir '{below_file}' ({blocker} is a file, not a folder)" in message, message
+    evaluate = str(bundle_configs.root / "configs" / "evaluate.json")
+    message = fails(evaluate, "infer", bundle_root=str(tmp_path), figures_dir=below_file)
+    assert f"--figures_dir '{below_file}' ({blocker} is a file, not a folder)" in message, message

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import math
+import os
+
 import pytest
 
-import math
-
-from monai_sacb.utils import check_flags, check_numbers
+from monai_sacb.utils import check_flags, check_numbers, check_output_dirs
 
 
 def test_booleans_pass():
@@ -59,3 +60,42 @@ def test_numbers_out_of_range_or_of_another_type_are_refused(kwargs, value, expe
     assert message == f"--option {value!r} ({type(value).__name__}): this option takes {expected}" + (
         "" if expected.endswith(".") else "."
     )
+
+
+def test_writable_and_not_yet_existing_folders_pass_and_nothing_is_created(tmp_path):
+    check_output_dirs(here=str(tmp_path), new=str(tmp_path / "a" / "b"), path_like=tmp_path / "c")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["", None, 3])
+def test_a_value_that_is_not_a_path_is_refused(value):
+    with pytest.raises(ValueError) as info:
+        check_output_dirs(output_dir=value)
+    assert str(info.value) == (
+        f"--output_dir {value!r} (not a folder path): give a folder this process can create or write to."
+    )
+
+
+def test_folders_below_a_file_are_refused_together(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("")
+    with pytest.raises(ValueError) as info:
+        check_output_dirs(ok=str(tmp_path), ckpt_dir=str(blocker / "x"), output_dir=str(blocker / "y" / "z"))
+    assert str(info.value) == (
+        f"--ckpt_dir '{blocker / 'x'}' ({blocker} is a file, not a folder); "
+        f"--output_dir '{blocker / 'y' / 'z'}' ({blocker} is a file, not a folder): "
+        "give a folder this process can create or write to."
+    )
+
+
+def test_a_folder_without_write_permission_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("this process may write anywhere (root)")
+        with pytest.raises(ValueError, match=f"--output_dir '.*' \\({locked} is not writable\\)"):
+            check_output_dirs(output_dir=str(locked / "out"))
+    finally:
+        locked.chmod(0o700)
