@@ -112,6 +112,13 @@ def warp_with_ddf(
         warped = _linear_sample_by_gathers(image.to(dtype), ddf.to(dtype), padding_mode)
         return warped.to(image.dtype) if out is None else out.copy_(warped)
     grid = ddf_sampling_grid(ddf.to(dtype))
+    kernels = _compiled_sampling(image, ddf, mode, padding_mode, dtype)
+    if kernels is not None:
+        from monai_sacb.networks.blocks.numba_kernels import trilinear_sample_
+
+        warped = torch.empty(image.shape, dtype=dtype)
+        trilinear_sample_(image.to(dtype), grid, warped, padding_mode == "border", kernels)
+        return warped.to(image.dtype) if out is None else out.copy_(warped)
     chunks = _thread_chunks(image) if use_cpu_kernels(image) else 1
     if chunks == 1:
         warped = F.grid_sample(image.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
@@ -121,6 +128,20 @@ def warp_with_ddf(
         return slabs.transpose(0, 1).reshape(1, image.shape[1], *spatial_shape).to(image.dtype)
     out[0].unflatten(1, (chunks, spatial_shape[0] // chunks)).copy_(slabs.transpose(0, 1))
     return out
+
+
+def _compiled_sampling(image: torch.Tensor, ddf: torch.Tensor, mode: str, padding_mode: str, dtype: torch.dtype):
+    """
+    The compiled kernels (:py:mod:`~monai_sacb.networks.blocks.numba_kernels`) where they compute this warp: a
+    float32 trilinear 3D warp on CPU with zero or border padding and no gradient; None elsewhere.
+    """
+    if not (image.ndim == 5 and mode == "bilinear" and padding_mode in ("zeros", "border") and dtype == torch.float32):
+        return None
+    if not use_cpu_kernels(image) or (torch.is_grad_enabled() and (image.requires_grad or ddf.requires_grad)):
+        return None
+    from monai_sacb.networks.blocks.numba_kernels import numba_kernels
+
+    return numba_kernels()
 
 
 def _thread_chunks(image: torch.Tensor) -> int:

@@ -7,9 +7,27 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import monai_sacb.networks.blocks.norm_act as norm_act_module
 from monai_sacb.networks import InstanceNormLeakyReLU, instance_norm_leaky_relu
+from monai_sacb.networks.blocks.numba_kernels import numba_kernels
+
+try:
+    import numba  # noqa: F401
+
+    HAS_NUMBA = True
+except ImportError:
+    HAS_NUMBA = False
 
 
+@pytest.fixture(params=["eager", "numba"])
+def bfloat16_kernel(request, monkeypatch):
+    """Each bfloat16 test runs with the eager chunked kernel and with the compiled one (when numba is installed)."""
+    if request.param == "numba" and not HAS_NUMBA:
+        pytest.skip("numba is not installed")
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "1" if request.param == "numba" else "0")
+    monkeypatch.setattr(norm_act_module, "_NUMBA_MIN_ELEMENTS", 0)  # the compiled kernel for the small test tensors too
+    assert (numba_kernels() is not None) == (request.param == "numba")
+    return request.param
 
 
 def _layout(x, name):
@@ -73,7 +91,7 @@ def test_inplace_overwrites_and_out_of_place_does_not():
     torch.testing.assert_close(same, out, rtol=0, atol=0)
 
 
-def test_bfloat16_is_normalised_in_float32_and_stays_bfloat16():
+def test_bfloat16_is_normalised_in_float32_and_stays_bfloat16(bfloat16_kernel):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 6, 7, 5, generator=generator) * 4 + 20  # a mean 5 SDs from zero
     x = x.contiguous(memory_format=torch.channels_last_3d).bfloat16()
@@ -89,7 +107,7 @@ def test_bfloat16_is_normalised_in_float32_and_stays_bfloat16():
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "permuted"])
 @pytest.mark.parametrize("shape", [(2, 8, 40, 36, 48), (1, 3, 64, 80), (3, 1, 5, 7, 3), (2, 3, 5, 4, 1)])
-def test_bfloat16_in_chunks_equals_float64_reference(shape, layout, monkeypatch):
+def test_bfloat16_in_chunks_equals_float64_reference(shape, layout, monkeypatch, bfloat16_kernel):
     """Many chunks (a small chunk size), every memory layout, a mean far from zero: one rounding from exact."""
     import monai_sacb.networks.blocks.norm_act as norm_act
 
@@ -102,6 +120,49 @@ def test_bfloat16_in_chunks_equals_float64_reference(shape, layout, monkeypatch)
     assert out.dtype == torch.bfloat16 and out.stride() == x.stride()
     torch.testing.assert_close(out.double(), expected, rtol=2**-7, atol=2e-2)
     assert (out.double() - expected).abs().mean() < 2e-3  # no bias from the statistics, only rounding
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("shape", [(2, 8, 32, 24, 40), (1, 16, 10, 12, 10), (2, 64, 5, 6, 5)])
+def test_compiled_and_eager_bfloat16_kernels_agree(shape, monkeypatch):
+    """The same rounding of nearly the same statistics (float64 sums in one, float32 chunk sums in the other):
+    equal but for rare one-step differences of bfloat16."""
+    generator = torch.Generator().manual_seed(2)
+    x = (torch.randn(shape, generator=generator) * 3 + 10).contiguous(memory_format=torch.channels_last_3d)
+    x = x.bfloat16()
+    monkeypatch.setattr(norm_act_module, "_NUMBA_MIN_ELEMENTS", 0)
+    results = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv("MONAI_SACB_NUMBA", switch)
+        results[switch] = instance_norm_leaky_relu(x)
+    eager, compiled = results["0"].float(), results["1"].float()
+    differ = eager != compiled
+    assert differ.float().mean() < 1e-3
+    assert ((eager - compiled).abs()[differ] <= 2**-7 * compiled.abs()[differ] + 1e-6).all()  # one bfloat16 step
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+def test_compiled_bfloat16_kernel_only_for_large_tensors(monkeypatch):
+    """Below _NUMBA_MIN_ELEMENTS its fixed costs exceed its gain: the eager kernel's bits there."""
+    import monai_sacb.networks.blocks.numba_kernels as kernels_module
+
+    calls = []
+    original = kernels_module.bfloat16_instance_norm_leaky_relu_
+    counted = lambda *args: calls.append(1) or original(*args)  # noqa: E731
+    monkeypatch.setattr(kernels_module, "bfloat16_instance_norm_leaky_relu_", counted)
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
+    small = torch.randn(1, 4, 8, 8, 8).bfloat16().contiguous(memory_format=torch.channels_last_3d)
+    instance_norm_leaky_relu(small)
+    assert not calls
+    monkeypatch.setattr(norm_act_module, "_NUMBA_MIN_ELEMENTS", small.numel())
+    instance_norm_leaky_relu(small)
+    assert calls == [1]
+
+
+def test_constant_bfloat16_input_gives_zeros(bfloat16_kernel):
+    x = torch.full((2, 8, 4, 6, 8), 3.5).contiguous(memory_format=torch.channels_last_3d).bfloat16()
+    out = instance_norm_leaky_relu(x)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, torch.zeros_like(out))
 
 
 def test_low_precision_with_gradient_uses_pytorch_instance_norm():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.networks.blocks import Warp
+from torch.nn import functional as F
 
 from monai_sacb.networks.blocks.warp import ddf_sampling_grid, warp_with_ddf
 
@@ -236,3 +237,59 @@ def test_cuda_warp_under_deterministic_algorithms_repeats_bitwise():
     for a, b, c in zip(first, second, default):
         assert torch.equal(a, b)
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def compiled_warp_calls(monkeypatch):
+    """Turns the compiled kernels on (skips without numba) and counts the compiled warps."""
+    numba_kernels = pytest.importorskip("monai_sacb.networks.blocks.numba_kernels")
+    pytest.importorskip("numba")
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
+    calls = []
+    original = numba_kernels.trilinear_sample_
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(numba_kernels, "trilinear_sample_", counted)
+    return calls
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 12, 10, 14), (2, 3, 6, 9, 5), (1, 1, 7, 6, 8)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_compiled_trilinear_warp_is_grid_sample_bit_for_bit(shape, layout, padding_mode, compiled_warp_calls, threads):
+    """The numba warp (no gradient, float32, 3D) against PyTorch's grid_sample on the same grid: every bit, with
+    positions outside the volume, on its faces and on whole voxels (floor and the corner weights' edge cases)."""
+    generator = torch.Generator().manual_seed(3)
+    image = torch.randn(shape, generator=generator)
+    if layout == "channels_last":
+        image = image.contiguous(memory_format=torch.channels_last_3d)
+    ddf = torch.randn(shape[0], 3, *shape[2:], generator=generator) * 3
+    ddf[..., ::2] = ddf[..., ::2].round()  # whole-voxel positions, some exactly on the faces
+    ddf[:, :, 0] = -torch.arange(shape[3], dtype=ddf.dtype).view(-1, 1)  # onto the first face
+    with torch.no_grad():
+        out = warp_with_ddf(image, ddf, padding_mode)
+        grid = ddf_sampling_grid(ddf)
+    expected = F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+    assert len(compiled_warp_calls) == 1 and out.is_contiguous() and out.dtype == image.dtype
+    assert torch.equal(out.view(torch.int32), expected.contiguous().view(torch.int32))  # -0.0 and 0.0 too
+
+
+def test_compiled_warp_only_without_gradient_and_where_it_applies(compiled_warp_calls):
+    generator = torch.Generator().manual_seed(4)
+    image = torch.randn(1, 2, 6, 5, 4, generator=generator)
+    ddf = torch.randn(1, 3, 6, 5, 4, generator=generator)
+    ddf.requires_grad_(True)
+    warped = warp_with_ddf(image, ddf)
+    assert not compiled_warp_calls and warped.grad_fn is not None  # autograd: grid_sample
+    ddf = ddf.detach()
+    warp_with_ddf(image, ddf, padding_mode="reflection")
+    warp_with_ddf(image, ddf, mode="nearest")
+    warp_with_ddf(image.double(), ddf.double())
+    warp_with_ddf(image[..., 0], ddf[:, :2, ..., 0])  # 2D
+    assert not compiled_warp_calls
+    bfloat16 = warp_with_ddf(image.bfloat16(), ddf)  # sampled in float32 like grid_sample's path
+    assert len(compiled_warp_calls) == 1 and bfloat16.dtype == torch.bfloat16
+    assert torch.equal(bfloat16, warp_with_ddf(image.bfloat16().float(), ddf).bfloat16())

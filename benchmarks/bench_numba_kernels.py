@@ -1,0 +1,93 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""
+The optional compiled CPU kernels (``monai_sacb.networks.blocks.numba_kernels``, ``pip install -e ".[fast]"``) against
+the eager PyTorch code they replace, in one run, on the tensors of a bfloat16 inference pass at ``--size``: the
+bfloat16 instance norm + LeakyReLU of SACBNet's levels (two images per batch, channels-last), and the float32
+trilinear warp without gradient of 8-channel features, a 3-channel flow and a 1-channel image along a smooth field.
+The table gives the median and the fastest of ``--repeats`` calls of each (ms), their ratio, and the largest
+difference between the two outputs (the warp: 0, the same bits; the norm: at most a rare step of bfloat16, since
+its statistics are summed in another order). The network uses the compiled norm from 2^20 values up
+(``norm_act._NUMBA_MIN_ELEMENTS``), where it is faster; this table measures it at every level.
+
+    python benchmarks/bench_numba_kernels.py --threads 2
+    python benchmarks/bench_numba_kernels.py --size 96,112,96 --repeats 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from torch.nn import functional as F
+
+from monai_sacb.networks.blocks import instance_norm_leaky_relu, norm_act, warp_with_ddf
+from monai_sacb.networks.blocks.numba_kernels import numba_kernels
+
+
+def _timed(function, make_input, repeats: int) -> tuple[list[float], torch.Tensor]:
+    times, result = [], None
+    for _ in range(repeats + 1):  # the first call compiles or warms up, untimed
+        argument = make_input()
+        start = time.perf_counter()
+        result = function(argument)
+        times.append(time.perf_counter() - start)
+    return times[1:], result
+
+
+def _both(function, make_input, repeats: int):
+    """Eager and compiled, alternating per call so that both see the same state of the machine."""
+    runs = {"0": [], "1": []}
+    results = {}
+    for _ in range(repeats):
+        for switch in ("0", "1"):
+            os.environ["MONAI_SACB_NUMBA"] = switch
+            times, results[switch] = _timed(function, make_input, 1)
+            runs[switch] += times
+    os.environ.pop("MONAI_SACB_NUMBA")
+    return runs["0"], runs["1"], (results["0"].float() - results["1"].float()).abs().max().item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="80,96,80", help="full-resolution size of the pass")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if numba_kernels() is None:
+        raise SystemExit("numba is not installed (pip install numba) or MONAI_SACB_NUMBA=0: nothing to compare.")
+    norm_act._NUMBA_MIN_ELEMENTS = 0  # the compiled norm at every size, also below the size where the network uses it
+    size = tuple(int(s) for s in args.size.split(","))
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    with torch.no_grad():
+        for level, channels in enumerate((8, 16, 32)):
+            shape = (2, channels, *[s >> level for s in size])
+            x = (torch.randn(shape, generator=generator) * 3 + 1).bfloat16()
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+            eager, compiled, diff = _both(lambda t: instance_norm_leaky_relu(t, inplace=True), x.clone, args.repeats)
+            rows.append((f"bfloat16 norm + LeakyReLU, {tuple(shape)}", eager, compiled, diff))
+        coarse = torch.randn(1, 3, *[max(2, s // 8) for s in size], generator=generator) * 3
+        ddf = F.interpolate(coarse, size=size, mode="trilinear", align_corners=True)
+        for channels in (8, 3, 1):
+            image = torch.randn(1, channels, *size, generator=generator)
+            if channels > 1:
+                image = image.contiguous(memory_format=torch.channels_last_3d)
+            eager, compiled, diff = _both(lambda t: warp_with_ddf(t, ddf), lambda: image, args.repeats)
+            rows.append((f"float32 trilinear warp, {channels} channel(s) at {size}", eager, compiled, diff))
+    print(f"torch {torch.__version__}, {args.threads} threads; ms per call, median (fastest) of {args.repeats}")
+    print("| kernel | eager PyTorch | numba | numba / eager | max difference |")
+    print("|---|---|---|---|---|")
+    for name, eager, compiled, diff in rows:
+        e, c = statistics.median(eager) * 1e3, statistics.median(compiled) * 1e3
+        print(
+            f"| {name} | {e:.2f} ({min(eager) * 1e3:.2f}) | {c:.2f} ({min(compiled) * 1e3:.2f}) | {c / e:.2f} | {diff:.3g} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+# Copyright (c) monai-sacb contributors
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""
+Optional compiled CPU kernels, written with `Numba <https://numba.pydata.org>`_ (``pip install numba``, part of the
+``dev`` and ``fast`` extras): loops that read a tensor once where eager PyTorch makes one pass per operation, or
+vectorise what PyTorch's CPU kernel does one value at a time. The eager formulation stays the fallback and the
+reference; the callers decide where these apply (:py:func:`numba_kernels`) and import this module only then, since
+importing numba takes a few tenths of a second. Compiled on first use and cached on disk (a few seconds once per
+installation, then about 0.4 s per process). ``MONAI_SACB_NUMBA=0`` in the environment turns them off.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+try:
+    import numba
+except ImportError:  # optional: the callers fall back to eager PyTorch
+    numba = None
+
+__all__ = ["numba_kernels", "bfloat16_instance_norm_leaky_relu_", "trilinear_sample_"]
+
+# work items per sample for the threads: small enough to balance, large enough to stream a few MB each
+_BLOCKS_PER_SAMPLE = 32
+
+
+def numba_kernels() -> SimpleNamespace | None:
+    """
+    The compiled kernels, for calls from the main thread of the main process; None without numba, with the
+    environment variable ``MONAI_SACB_NUMBA=0``, in other threads (e.g. MONAI's ``ThreadDataLoader``) and in
+    ``DataLoader`` worker processes: Numba's threading layers are not all thread-safe, and GNU OpenMP's is not
+    safe in a child forked after the parent used it. There the eager PyTorch code runs.
+    """
+    if numba is None or os.environ.get("MONAI_SACB_NUMBA", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if threading.current_thread() is not threading.main_thread() or torch.utils.data.get_worker_info() is not None:
+        return None
+    return _KERNELS
+
+
+if numba is not None:
+    _jit = functools.partial(numba.njit, cache=True, nogil=True)
+
+    @_jit
+    def _bfloat16_to_float32_bits(row, bits):  # bfloat16 is the upper half of a float32: exact
+        for j in range(row.shape[0]):
+            bits[j] = np.uint32(row[j]) << 16
+
+    @_jit(parallel=True)
+    def _shifted_sums(rows, channels, num_blocks):
+        """
+        rows (G, N, R) bfloat16 bits, R = repeats * channels -> the per-channel shift k (the mean of about 1,024
+        spread rows; (G, R) float32) and float64 sums of (x - k) and (x - k)^2 per block and column
+        (G, blocks, 2, R).
+        """
+        groups, num_rows, width = rows.shape
+        step = max(1, num_rows // 1024)
+        shift = np.zeros((groups, width), np.float32)
+        bits = np.empty(width, np.uint32)
+        values = bits.view(np.float32)
+        for g in range(groups):
+            total = np.zeros(channels, np.float64)
+            count = 0
+            for i in range(0, num_rows, step):
+                _bfloat16_to_float32_bits(rows[g, i], bits)
+                for j in range(width):
+                    total[j % channels] += values[j]
+                count += width // channels
+            for j in range(width):
+                shift[g, j] = total[j % channels] / count
+        sums = np.zeros((groups, num_blocks, 2, width), np.float64)
+        per_block = (num_rows + num_blocks - 1) // num_blocks
+        for task in numba.prange(groups * num_blocks):
+            g, block = task // num_blocks, task % num_blocks
+            task_bits = np.empty(width, np.uint32)
+            task_values = task_bits.view(np.float32)
+            first, second, k = sums[g, block, 0], sums[g, block, 1], shift[g]
+            for i in range(block * per_block, min(num_rows, (block + 1) * per_block)):
+                _bfloat16_to_float32_bits(rows[g, i], task_bits)
+                for j in range(width):
+                    v = np.float64(task_values[j] - k[j])
+                    first[j] += v
+                    second[j] += v * v
+        return shift, sums
+
+    @_jit(parallel=True)
+    def _normalise_(rows, mean, scale, negative_slope, num_blocks):
+        """rows (G, N, R) bfloat16 bits <- bfloat16(leaky_relu((x - mean) * scale)), mean/scale (G, R) float32."""
+        groups, num_rows, width = rows.shape
+        per_block = (num_rows + num_blocks - 1) // num_blocks
+        for task in numba.prange(groups * num_blocks):
+            g, block = task // num_blocks, task % num_blocks
+            bits = np.empty(width, np.uint32)
+            values = bits.view(np.float32)
+            m, s = mean[g], scale[g]
+            for i in range(block * per_block, min(num_rows, (block + 1) * per_block)):
+                _bfloat16_to_float32_bits(rows[g, i], bits)
+                for j in range(width):
+                    y = (values[j] - m[j]) * s[j]
+                    values[j] = y if y > 0 else y * negative_slope
+                for j in range(width):  # round to nearest even, as PyTorch's float32 -> bfloat16
+                    u = bits[j]
+                    rows[g, i, j] = np.uint16((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16)
+
+    @_jit(parallel=True)
+    def _trilinear_sample(image, grid, out, border):
+        """
+        out[b, z, y, x, c] = image trilinearly sampled at grid[b, z, y, x] ((x, y, z) in [-1, 1], align_corners),
+        with PyTorch's CPU ``grid_sample`` arithmetic in the same order, so the same float32 values: image
+        (B, D, H, W, C), grid (B, D', H', W', 3), out (B, D', H', W', C), any strides. Zero padding, or border
+        padding (positions clipped to the volume) with ``border``.
+        """
+        batch, depth, height, width, channels = image.shape
+        out_depth, out_height, out_width = grid.shape[1], grid.shape[2], grid.shape[3]
+        size_x, size_y, size_z = np.float32(width - 1), np.float32(height - 1), np.float32(depth - 1)
+        one, two, zero = np.float32(1), np.float32(2), np.float32(0)
+        for task in numba.prange(batch * out_depth):
+            b, z = task // out_depth, task % out_depth
+            for y in range(out_height):
+                for x in range(out_width):
+                    ix = ((grid[b, z, y, x, 0] + one) / two) * size_x
+                    iy = ((grid[b, z, y, x, 1] + one) / two) * size_y
+                    iz = ((grid[b, z, y, x, 2] + one) / two) * size_z
+                    if border:
+                        ix, iy, iz = min(size_x, max(ix, zero)), min(size_y, max(iy, zero)), min(size_z, max(iz, zero))
+                    fx, fy, fz = np.floor(ix), np.floor(iy), np.floor(iz)
+                    x0, y0, z0 = np.int64(fx), np.int64(fy), np.int64(fz)
+                    x1, y1, z1 = x0 + 1, y0 + 1, z0 + 1
+                    gx, gy, gz = np.float32(x1), np.float32(y1), np.float32(z1)
+                    # PyTorch's corner names: t/b the lower/upper z, n/s the lower/upper y, w/e the lower/upper x
+                    tnw = (gx - ix) * (gy - iy) * (gz - iz)
+                    tne = (ix - fx) * (gy - iy) * (gz - iz)
+                    tsw = (gx - ix) * (iy - fy) * (gz - iz)
+                    tse = (ix - fx) * (iy - fy) * (gz - iz)
+                    bnw = (gx - ix) * (gy - iy) * (iz - fz)
+                    bne = (ix - fx) * (gy - iy) * (iz - fz)
+                    bsw = (gx - ix) * (iy - fy) * (iz - fz)
+                    bse = (ix - fx) * (iy - fy) * (iz - fz)
+                    in_x0, in_x1 = 0 <= x0 < width, 0 <= x1 < width
+                    in_y0, in_y1 = 0 <= y0 < height, 0 <= y1 < height
+                    in_z0, in_z1 = 0 <= z0 < depth, 0 <= z1 < depth
+                    if in_x0 and in_x1 and in_y0 and in_y1 and in_z0 and in_z1:  # inside: no tests per channel
+                        for c in range(channels):
+                            value = zero
+                            value += image[b, z0, y0, x0, c] * tnw
+                            value += image[b, z0, y0, x1, c] * tne
+                            value += image[b, z0, y1, x0, c] * tsw
+                            value += image[b, z0, y1, x1, c] * tse
+                            value += image[b, z1, y0, x0, c] * bnw
+                            value += image[b, z1, y0, x1, c] * bne
+                            value += image[b, z1, y1, x0, c] * bsw
+                            value += image[b, z1, y1, x1, c] * bse
+                            out[b, z, y, x, c] = value
+                        continue
+                    for c in range(channels):
+                        value = zero
+                        if in_z0 and in_y0 and in_x0:
+                            value += image[b, z0, y0, x0, c] * tnw
+                        if in_z0 and in_y0 and in_x1:
+                            value += image[b, z0, y0, x1, c] * tne
+                        if in_z0 and in_y1 and in_x0:
+                            value += image[b, z0, y1, x0, c] * tsw
+                        if in_z0 and in_y1 and in_x1:
+                            value += image[b, z0, y1, x1, c] * tse
+                        if in_z1 and in_y0 and in_x0:
+                            value += image[b, z1, y0, x0, c] * bnw
+                        if in_z1 and in_y0 and in_x1:
+                            value += image[b, z1, y0, x1, c] * bne
+                        if in_z1 and in_y1 and in_x0:
+                            value += image[b, z1, y1, x0, c] * bsw
+                        if in_z1 and in_y1 and in_x1:
+                            value += image[b, z1, y1, x1, c] * bse
+                        out[b, z, y, x, c] = value
+
+    _KERNELS = SimpleNamespace(
+        numba=numba, shifted_sums=_shifted_sums, normalise_=_normalise_, trilinear_sample=_trilinear_sample
+    )
+
+
+def _set_threads(kernels: SimpleNamespace) -> None:
+    kernels.numba.set_num_threads(max(1, min(torch.get_num_threads(), kernels.numba.config.NUMBA_NUM_THREADS)))
+
+
+def bfloat16_instance_norm_leaky_relu_(
+    rows: torch.Tensor, channels: int, negative_slope: float, eps: float, kernels: SimpleNamespace
+) -> None:
+    """
+    ``leaky_relu(instance_norm(x))`` written into x, for a bfloat16 CPU x viewed as rows of whole voxels (G, N, R),
+    the values of ``channels`` channels repeating along each row (``norm_act._voxel_major_rows``). The statistics
+    are float64 sums of x minus a shift near each channel's mean (as exact as a centred two-pass formula); the
+    result is computed in float32 and rounded to bfloat16 like PyTorch. One read for the statistics, one read and
+    write for the result.
+    """
+    groups, num_rows, width = rows.shape
+    repeats = width // channels
+    bits = rows.view(torch.int16).numpy().view(np.uint16)
+    _set_threads(kernels)
+    shift, sums = kernels.shifted_sums(bits, channels, _BLOCKS_PER_SAMPLE)
+    first, second = sums.reshape(groups, _BLOCKS_PER_SAMPLE, 2, repeats, channels).sum((1, 3)).transpose(1, 0, 2)
+    num_voxels = num_rows * repeats
+    offset = first / num_voxels
+    mean = shift[:, :channels].astype(np.float64) + offset
+    scale = 1.0 / np.sqrt(np.maximum(second / num_voxels - offset * offset, 0.0) + eps)
+    per_column = functools.partial(np.tile, reps=(1, repeats))
+    kernels.normalise_(
+        bits,
+        per_column(mean.astype(np.float32)),
+        per_column(scale.astype(np.float32)),
+        np.float32(negative_slope),
+        _BLOCKS_PER_SAMPLE,
+    )
+
+
+def trilinear_sample_(
+    image: torch.Tensor, grid: torch.Tensor, out: torch.Tensor, border: bool, kernels: SimpleNamespace
+) -> torch.Tensor:
+    """
+    ``out.copy_(F.grid_sample(image, grid, "bilinear", "border" if border else "zeros", align_corners=True))``
+    for float32 CPU tensors, image (B, C, D, H, W) and out (B, C, D', H', W') in any memory format, grid
+    (B, D', H', W', 3): the same values (PyTorch's arithmetic, in its order), on all threads, about 2x faster
+    than ``grid_sample`` cut into slabs for 8 channels. ``out`` must not share memory with ``image``.
+    """
+    _set_threads(kernels)
+    kernels.trilinear_sample(
+        image.permute(0, 2, 3, 4, 1).numpy(), grid.numpy(), out.permute(0, 2, 3, 4, 1).numpy(), border
+    )
+    return out
