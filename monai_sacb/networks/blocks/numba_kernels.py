@@ -2,11 +2,12 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 """
 Optional compiled CPU kernels, written with `Numba <https://numba.pydata.org>`_ (``pip install numba``, part of the
-``dev`` and ``fast`` extras): loops that read a tensor once where eager PyTorch makes one pass per operation, or
-vectorise what PyTorch's CPU kernel does one value at a time. The eager formulation stays the fallback and the
-reference; the callers decide where these apply (:py:func:`numba_kernels`) and import this module only then, since
-importing numba takes a few tenths of a second. Compiled on first use and cached on disk (a few seconds once per
-installation, then about 0.4 s per process). ``MONAI_SACB_NUMBA=0`` in the environment turns them off.
+``dev`` and ``fast`` extras): a bfloat16 norm that reads its tensor once per pass where eager PyTorch makes one pass
+per operation, and a trilinear warp about twice as fast as PyTorch's CPU ``grid_sample`` for multi-channel
+features, with its arithmetic. The eager formulation stays the fallback and the reference; the callers decide where
+these apply (:py:func:`numba_kernels`) and import this module only then, since importing numba takes a few tenths
+of a second. Compiled on first use and cached on disk (a few seconds once per installation, then about 0.4 s per
+process). ``MONAI_SACB_NUMBA=0`` in the environment turns them off.
 """
 
 from __future__ import annotations
