@@ -28,25 +28,18 @@ from monai_sacb.networks.blocks import instance_norm_leaky_relu, norm_act, warp_
 from monai_sacb.networks.blocks.numba_kernels import numba_kernels
 
 
-def _timed(function, make_input, repeats: int) -> tuple[list[float], torch.Tensor]:
-    times, result = [], None
-    for _ in range(repeats + 1):  # the first call compiles or warms up, untimed
-        argument = make_input()
-        start = time.perf_counter()
-        result = function(argument)
-        times.append(time.perf_counter() - start)
-    return times[1:], result
-
-
 def _both(function, make_input, repeats: int):
-    """Eager and compiled, alternating per call so that both see the same state of the machine."""
-    runs = {"0": [], "1": []}
-    results = {}
-    for _ in range(repeats):
+    """Eager and compiled, alternating per call so that both see the same state of the machine; the first round
+    compiles and warms up, untimed."""
+    runs, results = {"0": [], "1": []}, {}
+    for round_ in range(repeats + 1):
         for switch in ("0", "1"):
             os.environ["MONAI_SACB_NUMBA"] = switch
-            times, results[switch] = _timed(function, make_input, 1)
-            runs[switch] += times
+            argument = make_input()
+            start = time.perf_counter()
+            results[switch] = function(argument)
+            if round_:
+                runs[switch].append(time.perf_counter() - start)
     os.environ.pop("MONAI_SACB_NUMBA")
     return runs["0"], runs["1"], (results["0"].float() - results["1"].float()).abs().max().item()
 
