@@ -3,8 +3,9 @@
 """
 Optional compiled CPU kernels, written with `Numba <https://numba.pydata.org>`_ (``pip install numba``, part of the
 ``dev`` and ``fast`` extras): a bfloat16 norm that reads its tensor once per pass where eager PyTorch makes one pass
-per operation, and a trilinear warp about twice as fast as PyTorch's CPU ``grid_sample`` for multi-channel
-features, with its arithmetic. The eager formulation stays the fallback and the reference; the callers decide where
+per operation, a trilinear warp about twice as fast as PyTorch's CPU ``grid_sample`` for multi-channel
+features, with its arithmetic, and the similarity matching's neighbour products of bfloat16 features, read as they
+are instead of converted and shifted 27 times. The eager formulation stays the fallback and the reference; the callers decide where
 these apply (:py:func:`numba_kernels`) and import this module only then, since importing numba takes a few tenths
 of a second. Compiled on first use and cached on disk (a few seconds once per installation, then about 0.4 s per
 process). ``MONAI_SACB_NUMBA=0`` in the environment turns them off.
@@ -25,7 +26,7 @@ try:
 except ImportError:  # optional: the callers fall back to eager PyTorch
     numba = None
 
-__all__ = ["numba_kernels", "bfloat16_instance_norm_leaky_relu_", "trilinear_sample_"]
+__all__ = ["numba_kernels", "bfloat16_instance_norm_leaky_relu_", "trilinear_sample_", "bfloat16_neighbour_products"]
 
 # work items per sample for the threads: small enough to balance, large enough to stream a few MB each
 _BLOCKS_PER_SAMPLE = 32
@@ -179,8 +180,55 @@ if numba is not None:
                             value += image[b, z1, y1, x1, c] * bse
                         out[b, z, y, x, c] = value
 
+    @_jit(parallel=True)
+    def _channel_rows(features, rows):
+        """features (B, D, H, W, C) bfloat16 bits -> rows (B, D, H, C, W) float32 bits (exact): one channel's row of
+        W values contiguous, so that the products below run along rows."""
+        batch, depth, height, width, channels = features.shape
+        for task in numba.prange(batch * depth):
+            b, z = task // depth, task % depth
+            for y in range(height):
+                for x in range(width):
+                    for c in range(channels):
+                        rows[b, z, y, c, x] = np.uint32(features[b, z, y, x, c]) << 16
+
+    @_jit(parallel=True, error_model="numpy")
+    def _neighbour_products(moving, fixed, scores):
+        """
+        scores[b, k, z, y, x] = sum over c of fixed[b, z, y, c, x] * moving[b, z + dz, y + dy, c, x + dx], zero
+        where the neighbour is off the grid; (dz, dy, dx) the k-th offset of {-1, 0, 1}^3 in row-major order.
+        moving and fixed (B, D, H, C, W) float32 rows, scores (B, 27, D, H, W); float32 sums in channel order.
+        """
+        batch, depth, height, channels, width = fixed.shape
+        for task in numba.prange(batch * depth):
+            b, z = task // depth, task % depth
+            total = np.empty(width, np.float32)
+            for y in range(height):
+                k = 0
+                for dz in range(-1, 2):
+                    for dy in range(-1, 2):
+                        inside = 0 <= z + dz < depth and 0 <= y + dy < height
+                        for dx in range(-1, 2):
+                            total[:] = 0
+                            if inside:
+                                # slices rather than x + dx indices: the inner loop then compiles to vector code
+                                first, last = max(0, -dx), min(width, width - dx)
+                                part = total[first:last]
+                                for c in range(channels):
+                                    centre = fixed[b, z, y, c, first:last]
+                                    neighbour = moving[b, z + dz, y + dy, c, first + dx : last + dx]
+                                    for x in range(last - first):
+                                        part[x] += centre[x] * neighbour[x]
+                            scores[b, k, z, y] = total
+                            k += 1
+
     _KERNELS = SimpleNamespace(
-        numba=numba, shifted_sums=_shifted_sums, normalise_=_normalise_, trilinear_sample=_trilinear_sample
+        numba=numba,
+        shifted_sums=_shifted_sums,
+        normalise_=_normalise_,
+        trilinear_sample=_trilinear_sample,
+        channel_rows=_channel_rows,
+        neighbour_products=_neighbour_products,
     )
 
 
@@ -232,3 +280,26 @@ def trilinear_sample_(
         image.permute(0, 2, 3, 4, 1).numpy(), grid.numpy(), out.permute(0, 2, 3, 4, 1).numpy(), border
     )
     return out
+
+
+def bfloat16_neighbour_products(moving: torch.Tensor, fixed: torch.Tensor, kernels: SimpleNamespace) -> torch.Tensor:
+    """
+    The 27 scores of :py:func:`~monai_sacb.networks.blocks.matching.similarity_matching_flow` for bfloat16 CPU
+    features moving and fixed (B, C, D, H, W), any memory format: (B, 27, D, H, W) float32,
+    ``scores[:, k](p) = <fixed(p), moving(p + v_k)>`` (zero off the grid), the products exact in float32 and
+    summed over channels in their order. Each feature map is read once into float32 rows of one channel, instead
+    of being converted and sliced once per offset.
+    """
+    _set_threads(kernels)
+
+    def channel_rows(features: torch.Tensor) -> np.ndarray:
+        batch, channels, depth, height, width = features.shape
+        rows = np.empty((batch, depth, height, channels, width), np.uint32)
+        kernels.channel_rows(features.permute(0, 2, 3, 4, 1).view(torch.int16).numpy().view(np.uint16), rows)
+        return rows.view(np.float32)
+
+    fixed_rows = channel_rows(fixed)
+    moving_rows = fixed_rows if moving is fixed else channel_rows(moving)
+    scores = torch.empty((fixed.shape[0], 27, *fixed.shape[2:]), dtype=torch.float32)
+    kernels.neighbour_products(moving_rows, fixed_rows, scores.numpy())
+    return scores

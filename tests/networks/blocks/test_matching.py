@@ -13,6 +13,14 @@ from torch.nn import functional as F
 
 from monai_sacb.networks import SimilarityMatching, similarity_matching_flow
 from monai_sacb.networks.blocks import matching as matching_module
+from monai_sacb.networks.blocks.numba_kernels import numba_kernels
+
+try:
+    import numba  # noqa: F401
+
+    HAS_NUMBA = True
+except ImportError:
+    HAS_NUMBA = False
 
 pytestmark = pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp")
 
@@ -155,6 +163,62 @@ def test_cpu_kernel_in_slabs_equals_the_plain_formulation(shape, self_match):
             plain = similarity_matching_flow(moving, fixed)
     assert plain.abs().max() > 0.1
     assert torch.equal(fast, plain)
+
+
+def _float64_scores(moving, fixed):
+    """(B, 27, *S) exact scores <fixed(p), moving(p + v)> of a 3D pair, from the unfold reference's neighbourhoods."""
+    padded = F.pad(moving.double(), [1, 1] * 3)
+    spatial = fixed.shape[2:]
+    columns = []
+    for offset in itertools.product((-1, 0, 1), repeat=3):
+        window = tuple(slice(1 + o, 1 + o + s) for o, s in zip(offset, spatial))
+        columns.append((fixed.double() * padded[(slice(None), slice(None)) + window]).sum(1))
+    return torch.stack(columns, dim=1)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("shape", [(2, 16, 6, 7, 9), (1, 3, 5, 4, 3), (1, 64, 1, 1, 1), (2, 1, 3, 1, 2), (1, 5, 2, 6, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("self_match", [False, True])
+def test_compiled_bfloat16_scores_equal_float64_reference(shape, channels_last, self_match, monkeypatch):
+    """The compiled kernel's scores of bfloat16 features: exact products, float32 channel sums, every offset in
+    its place (grids down to one voxel, where every neighbour is off the grid); the flow then equals the eager one."""
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
+    generator = torch.Generator().manual_seed(7)
+    fixed = (torch.randn(shape, generator=generator) * 3 + 1).bfloat16()
+    moving = fixed if self_match else (torch.randn(shape, generator=generator) * 3 - 1).bfloat16()
+    if channels_last:
+        fixed = fixed.contiguous(memory_format=torch.channels_last_3d)
+        moving = fixed if self_match else moving.contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        scores = matching_module._compiled_scores(moving, fixed)
+        assert scores is not None and scores.dtype == torch.float32
+        expected = _float64_scores(moving, fixed)
+        bound = shape[1] * 2.0**-23 * _float64_scores(moving.abs(), fixed.abs())  # float32 sums of shape[1] terms
+        assert ((scores.double() - expected).abs() <= bound + 1e-30).all()
+        assert expected.abs().max() > 1
+        flow = similarity_matching_flow(moving, fixed)
+        monkeypatch.setenv("MONAI_SACB_NUMBA", "0")
+        eager = similarity_matching_flow(moving, fixed)
+    torch.testing.assert_close(flow, eager, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+def test_compiled_scores_apply_to_3d_bfloat16_inference_only(monkeypatch):
+    """float32 results must not depend on numba being installed; gradients and 2D take the eager code."""
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
+    assert numba_kernels() is not None
+    features = torch.randn(1, 4, 4, 5, 6, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        assert matching_module._compiled_scores(features.bfloat16(), features.bfloat16()) is not None
+        assert matching_module._compiled_scores(features, features) is None
+        assert matching_module._compiled_scores(features.bfloat16(), features) is None
+        assert matching_module._compiled_scores(features[..., 0].bfloat16(), features[..., 0].bfloat16()) is None
+    tracked = features.bfloat16().requires_grad_()
+    assert matching_module._compiled_scores(tracked, tracked) is None
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "0")
+    with torch.no_grad():
+        assert matching_module._compiled_scores(features.bfloat16(), features.bfloat16()) is None
 
 
 def test_self_match_gradients_equal_reference():
