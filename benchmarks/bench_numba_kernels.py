@@ -4,10 +4,13 @@
 The optional compiled CPU kernels (``monai_sacb.networks.blocks.numba_kernels``, ``pip install -e ".[fast]"``) against
 the eager PyTorch code they replace, in one run, on the tensors of a bfloat16 inference pass at ``--size``: the
 bfloat16 instance norm + LeakyReLU of SACBNet's levels (two images per batch, channels-last), and the float32
-trilinear warp without gradient of 8-channel features, a 3-channel flow and a 1-channel image along a smooth field.
+trilinear warp without gradient of 8-channel features, a 3-channel flow and a 1-channel image along a smooth field,
+and the similarity matching of bfloat16 features at levels 2 and 3 (the fixed features against the warped moving
+ones, and against themselves, as ``subtract_self_estimate`` does).
 The table gives the median and the fastest of ``--repeats`` calls of each (ms), their ratio, and the largest
 difference between the two outputs (the warp: 0, the same bits; the norm: at most a rare step of bfloat16, since
-its statistics are summed in another order). The network uses the compiled norm from 2^20 values up
+its statistics are summed in another order; the matching: float32 rounding of the flow, its channel sums being
+summed in another order). The network uses the compiled norm from 2^20 values up
 (``norm_act._NUMBA_MIN_ELEMENTS``), where it is faster; this table measures it at every level.
 
     python benchmarks/bench_numba_kernels.py --threads 2
@@ -24,7 +27,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-from monai_sacb.networks.blocks import instance_norm_leaky_relu, norm_act, warp_with_ddf
+from monai_sacb.networks.blocks import instance_norm_leaky_relu, norm_act, similarity_matching_flow, warp_with_ddf
 from monai_sacb.networks.blocks.numba_kernels import numba_kernels
 
 
@@ -72,6 +75,14 @@ def main() -> None:
                 image = image.contiguous(memory_format=torch.channels_last_3d)
             eager, compiled, diff = _both(lambda t: warp_with_ddf(t, ddf), lambda: image, args.repeats)
             rows.append((f"float32 trilinear warp, {channels} channel(s) at {size}", eager, compiled, diff))
+        for level, channels in ((1, 16), (2, 32)):
+            shape = (1, channels, *[s >> level for s in size])
+            layout = torch.channels_last_3d
+            fixed = torch.randn(shape, generator=generator).bfloat16().contiguous(memory_format=layout)
+            moving = torch.randn(shape, generator=generator).bfloat16().contiguous(memory_format=layout)
+            for name, pair in (("moving", (moving, fixed)), ("itself", (fixed, fixed))):
+                eager, compiled, diff = _both(lambda p: similarity_matching_flow(*p), lambda: pair, args.repeats)
+                rows.append((f"bfloat16 matching against {name}, {tuple(shape)}", eager, compiled, diff))
     print(f"torch {torch.__version__}, {args.threads} threads; ms per call, median (fastest) of {args.repeats}")
     print("| kernel | eager PyTorch | numba | numba / eager | max difference |")
     print("|---|---|---|---|---|")

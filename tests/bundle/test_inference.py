@@ -200,14 +200,14 @@ def test_one_inference_pass_warps_the_image_once_and_the_label_once(
     monkeypatch.setattr(torch.nn.functional, "grid_sample", counted_grid_sample)
     from monai_sacb.networks.blocks import numba_kernels
 
-    compiled_sample = numba_kernels.trilinear_sample_  # grid_sample's arithmetic, where numba is installed
+    compiled_sample = numba_kernels.trilinear_warp_  # grid_sample's arithmetic, where numba is installed
 
-    def counted_compiled_sample(image, grid, *args, **kwargs):
+    def counted_compiled_sample(image, ddf, *args, **kwargs):
         if counting["on"]:
             samples.append(("bilinear", image.shape[1]))
-        return compiled_sample(image, grid, *args, **kwargs)
+        return compiled_sample(image, ddf, *args, **kwargs)
 
-    monkeypatch.setattr(numba_kernels, "trilinear_sample_", counted_compiled_sample)
+    monkeypatch.setattr(numba_kernels, "trilinear_warp_", counted_compiled_sample)
     for site in WARP_SITES:
         module = sys.modules[site]  # imported by the workflow's components
         warp = module.warp_with_ddf

@@ -26,7 +26,7 @@ try:
 except ImportError:  # optional: the callers fall back to eager PyTorch
     numba = None
 
-__all__ = ["numba_kernels", "bfloat16_instance_norm_leaky_relu_", "trilinear_sample_", "bfloat16_neighbour_products"]
+__all__ = ["numba_kernels", "bfloat16_instance_norm_leaky_relu_", "trilinear_warp_", "bfloat16_neighbour_products"]
 
 # work items per sample for the threads: small enough to balance, large enough to stream a few MB each
 _BLOCKS_PER_SAMPLE = 32
@@ -111,24 +111,30 @@ if numba is not None:
                     rows[g, i, j] = np.uint16((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16)
 
     @_jit(parallel=True)
-    def _trilinear_sample(image, grid, out, border):
+    def _trilinear_warp(image, ddf, out, border):
         """
-        out[b, z, y, x, c] = image trilinearly sampled at grid[b, z, y, x] ((x, y, z) in [-1, 1], align_corners),
-        with PyTorch's CPU ``grid_sample`` arithmetic in the same order, so the same float32 values: image
-        (B, D, H, W, C), grid (B, D', H', W', 3), out (B, D', H', W', C), any strides. Zero padding, or border
-        padding (positions clipped to the volume) with ``border``.
+        out[b, z, y, x, c] = image trilinearly sampled at (z, y, x) + ddf[b, :, z, y, x] (voxels), the position taken
+        through ``warp.ddf_sampling_grid``'s normalisation to [-1, 1] and PyTorch's CPU ``grid_sample``
+        (align_corners) back, with the same float32 operations in the same order, so the same float32 values as
+        ``grid_sample`` on that grid: image (B, D, H, W, C), ddf (B, 3, D, H, W), out (B, D, H, W, C), any strides.
+        Zero padding, or border padding (positions clipped to the volume) with ``border``.
         """
         batch, depth, height, width, channels = image.shape
-        out_depth, out_height, out_width = grid.shape[1], grid.shape[2], grid.shape[3]
         size_x, size_y, size_z = np.float32(width - 1), np.float32(height - 1), np.float32(depth - 1)
+        # the grid's divisors, max(size - 1, 1)
+        norm_x, norm_y, norm_z = max(size_x, np.float32(1)), max(size_y, np.float32(1)), max(size_z, np.float32(1))
         one, two, zero = np.float32(1), np.float32(2), np.float32(0)
-        for task in numba.prange(batch * out_depth):
-            b, z = task // out_depth, task % out_depth
-            for y in range(out_height):
-                for x in range(out_width):
-                    ix = ((grid[b, z, y, x, 0] + one) / two) * size_x
-                    iy = ((grid[b, z, y, x, 1] + one) / two) * size_y
-                    iz = ((grid[b, z, y, x, 2] + one) / two) * size_z
+        for task in numba.prange(batch * depth):
+            b, z = task // depth, task % depth
+            for y in range(height):
+                for x in range(width):
+                    # grid = 2 * (position + ddf) / (size - 1) - 1, then grid_sample's ((grid + 1) / 2) * (size - 1)
+                    gx = two * (ddf[b, 2, z, y, x] + np.float32(x)) / norm_x - one
+                    gy = two * (ddf[b, 1, z, y, x] + np.float32(y)) / norm_y - one
+                    gz = two * (ddf[b, 0, z, y, x] + np.float32(z)) / norm_z - one
+                    ix = ((gx + one) / two) * size_x
+                    iy = ((gy + one) / two) * size_y
+                    iz = ((gz + one) / two) * size_z
                     if border:
                         ix, iy, iz = min(size_x, max(ix, zero)), min(size_y, max(iy, zero)), min(size_z, max(iz, zero))
                     fx, fy, fz = np.floor(ix), np.floor(iy), np.floor(iz)
@@ -226,7 +232,7 @@ if numba is not None:
         numba=numba,
         shifted_sums=_shifted_sums,
         normalise_=_normalise_,
-        trilinear_sample=_trilinear_sample,
+        trilinear_warp=_trilinear_warp,
         channel_rows=_channel_rows,
         neighbour_products=_neighbour_products,
     )
@@ -266,18 +272,19 @@ def bfloat16_instance_norm_leaky_relu_(
     )
 
 
-def trilinear_sample_(
-    image: torch.Tensor, grid: torch.Tensor, out: torch.Tensor, border: bool, kernels: SimpleNamespace
+def trilinear_warp_(
+    image: torch.Tensor, ddf: torch.Tensor, out: torch.Tensor, border: bool, kernels: SimpleNamespace
 ) -> torch.Tensor:
     """
-    ``out.copy_(F.grid_sample(image, grid, "bilinear", "border" if border else "zeros", align_corners=True))``
-    for float32 CPU tensors, image (B, C, D, H, W) and out (B, C, D', H', W') in any memory format, grid
-    (B, D', H', W', 3): the same values (PyTorch's arithmetic, in its order), on all threads, about 2x faster
-    than ``grid_sample`` cut into slabs for 8 channels. ``out`` must not share memory with ``image``.
+    ``out.copy_(F.grid_sample(image, ddf_sampling_grid(ddf), "bilinear", "border" if border else "zeros",
+    align_corners=True))`` for float32 CPU tensors, image (B, C, D, H, W) and out (B, C, D, H, W) in any memory
+    format, ddf (B, 3, D, H, W) in voxels: the same values (PyTorch's arithmetic, in its order, the sampling grid
+    computed per voxel instead of stored), on all threads, about 2x faster than ``grid_sample`` cut into slabs for
+    8 channels. ``out`` must not share memory with ``image``.
     """
     _set_threads(kernels)
-    kernels.trilinear_sample(
-        image.permute(0, 2, 3, 4, 1).numpy(), grid.numpy(), out.permute(0, 2, 3, 4, 1).numpy(), border
+    kernels.trilinear_warp(
+        image.permute(0, 2, 3, 4, 1).numpy(), ddf.numpy(), out.permute(0, 2, 3, 4, 1).numpy(), border
     )
     return out
 

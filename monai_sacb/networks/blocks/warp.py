@@ -111,14 +111,14 @@ def warp_with_ddf(
     if mode == "bilinear" and deterministic_backward_needed(image, ddf):
         warped = _linear_sample_by_gathers(image.to(dtype), ddf.to(dtype), padding_mode)
         return warped.to(image.dtype) if out is None else out.copy_(warped)
-    grid = ddf_sampling_grid(ddf.to(dtype))
     kernels = _compiled_sampling(image, ddf, mode, padding_mode, dtype)
     if kernels is not None:
-        from monai_sacb.networks.blocks.numba_kernels import trilinear_sample_
+        from monai_sacb.networks.blocks.numba_kernels import trilinear_warp_
 
         warped = torch.empty(image.shape, dtype=dtype)
-        trilinear_sample_(image.to(dtype), grid, warped, padding_mode == "border", kernels)
+        trilinear_warp_(image.to(dtype), ddf.to(dtype), warped, padding_mode == "border", kernels)
         return warped.to(image.dtype) if out is None else out.copy_(warped)
+    grid = ddf_sampling_grid(ddf.to(dtype))
     chunks = _thread_chunks(image) if use_cpu_kernels(image) else 1
     if chunks == 1:
         warped = F.grid_sample(image.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)

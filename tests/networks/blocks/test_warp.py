@@ -246,29 +246,31 @@ def compiled_warp_calls(monkeypatch):
     pytest.importorskip("numba")
     monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
     calls = []
-    original = numba_kernels.trilinear_sample_
+    original = numba_kernels.trilinear_warp_
 
     def counted(*args, **kwargs):
         calls.append(args[0].shape)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(numba_kernels, "trilinear_sample_", counted)
+    monkeypatch.setattr(numba_kernels, "trilinear_warp_", counted)
     return calls
 
 
-@pytest.mark.parametrize("shape", [(1, 8, 12, 10, 14), (2, 3, 6, 9, 5), (1, 1, 7, 6, 8)])
+@pytest.mark.parametrize("shape", [(1, 8, 12, 10, 14), (2, 3, 6, 9, 5), (1, 1, 7, 6, 8), (1, 2, 5, 1, 4), (2, 3, 1, 3, 1)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
 def test_compiled_trilinear_warp_is_grid_sample_bit_for_bit(shape, layout, padding_mode, compiled_warp_calls, threads):
-    """The numba warp (no gradient, float32, 3D) against PyTorch's grid_sample on the same grid: every bit, with
-    positions outside the volume, on its faces and on whole voxels (floor and the corner weights' edge cases)."""
+    """The numba warp (no gradient, float32, 3D), which computes each voxel's sampling position from the ddf itself,
+    against PyTorch's grid_sample on the grid of ddf_sampling_grid: every bit, with positions outside the volume, on
+    its faces and on whole voxels (floor and the corner weights' edge cases), axes of one voxel, any ddf layout."""
     generator = torch.Generator().manual_seed(3)
     image = torch.randn(shape, generator=generator)
-    if layout == "channels_last":
-        image = image.contiguous(memory_format=torch.channels_last_3d)
     ddf = torch.randn(shape[0], 3, *shape[2:], generator=generator) * 3
     ddf[..., ::2] = ddf[..., ::2].round()  # whole-voxel positions, some exactly on the faces
     ddf[:, :, 0] = -torch.arange(shape[3], dtype=ddf.dtype).view(-1, 1)  # onto the first face
+    if layout == "channels_last":
+        image = image.contiguous(memory_format=torch.channels_last_3d)
+        ddf = ddf.contiguous(memory_format=torch.channels_last_3d)
     with torch.no_grad():
         out = warp_with_ddf(image, ddf, padding_mode)
         grid = ddf_sampling_grid(ddf)
