@@ -26,7 +26,7 @@ try:
 except ImportError:  # optional: the callers fall back to eager PyTorch
     numba = None
 
-__all__ = ["numba_kernels", "bfloat16_instance_norm_leaky_relu_", "trilinear_warp_", "bfloat16_neighbour_products"]
+__all__ = ["numba_kernels", "bfloat16_instance_norm_leaky_relu_", "trilinear_warp_", "bfloat16_neighbour_products", "bfloat16_kmeans"]
 
 # work items per sample for the threads: small enough to balance, large enough to stream a few MB each
 _BLOCKS_PER_SAMPLE = 32
@@ -228,6 +228,123 @@ if numba is not None:
                             scores[b, k, z, y] = total
                             k += 1
 
+    # points of k-means handled per step: their float32 coordinates, one row per channel, stay in L1 cache
+    _KMEANS_CHUNK = 256
+
+    @_jit(error_model="numpy")
+    def _nearest_centres(rows, first, count, centres, centre_norms, best, labels):
+        """
+        labels[i] = the lowest j minimising |c_j|^2 - 2 <x_i, c_j> (float32; the squared distance less |x_i|^2) and
+        best[i] that minimum, for the ``count`` points from ``first`` of C-contiguous rows (C, n) float32, one row
+        per channel (whole rows passed, so that their slices stay contiguous and the loops vector code).
+        """
+        channels, num_centres = rows.shape[0], centres.shape[0]
+        dot = np.empty(count, np.float32)
+        for j in range(num_centres):
+            dot[:] = 0
+            for d in range(channels):
+                row, weight = rows[d, first : first + count], centres[j, d]
+                for i in range(count):
+                    dot[i] += row[i] * weight
+            for i in range(count):
+                score = centre_norms[j] - np.float32(2) * dot[i]
+                if j == 0 or score < best[i]:
+                    best[i] = score
+                    labels[i] = j
+
+    @_jit(error_model="numpy")
+    def _squared_norms(centres, out):
+        for j in range(centres.shape[0]):
+            total = np.float32(0)
+            for d in range(centres.shape[1]):
+                total += centres[j, d] * centres[j, d]
+            out[j] = total
+
+    @_jit(parallel=True, error_model="numpy")
+    def _kmeans(points, subset, draws, num_iters, centres_out, labels_out):
+        """
+        ``kmeans.batched_kmeans`` for points (B, N, C) bfloat16 bits, one sample per thread: k-means++ on the points
+        ``subset`` (n,) with the uniform ``draws`` (K,) float64, ``num_iters`` Lloyd iterations (cluster sums in
+        float64), then every point assigned; centres_out (B, K, C) float32, labels_out (B, N) int64.
+        """
+        batch, num_points, channels = points.shape
+        num_centres, n = draws.shape[0], subset.shape[0]
+        for b in numba.prange(batch):
+            bits = np.empty((n, channels), np.uint32)
+            for i in range(n):
+                for d in range(channels):
+                    bits[i, d] = np.uint32(points[b, subset[i], d]) << 16
+            x = bits.view(np.float32)  # (n, C): the cluster sums read points whole
+            rows = np.ascontiguousarray(x.T)  # (C, n): the distances run along rows
+            norms = np.zeros(n, np.float32)
+            for d in range(channels):
+                for i in range(n):
+                    norms[i] += rows[d, i] * rows[d, i]
+            # k-means++ by inverse-CDF sampling of the float64 cumulative squared distances
+            centres = np.empty((num_centres, channels), np.float32)
+            nearest = np.empty(n, np.float32)
+            dot = np.empty(n, np.float32)
+            for j in range(num_centres):
+                if j == 0:
+                    index = min(np.int64(draws[0] * n), n - 1)
+                else:
+                    total = 0.0
+                    for i in range(n):
+                        total += np.float64(nearest[i]) + 1e-30
+                    target, running, index = draws[j] * total, 0.0, 0
+                    for i in range(n):
+                        running += np.float64(nearest[i]) + 1e-30
+                        if running > target:
+                            index = i
+                            break
+                centres[j] = x[index]
+                centre_norm = np.float32(0)
+                for d in range(channels):
+                    centre_norm += centres[j, d] * centres[j, d]
+                dot[:] = 0
+                for d in range(channels):
+                    row, weight = rows[d], centres[j, d]
+                    for i in range(n):
+                        dot[i] += row[i] * weight
+                for i in range(n):
+                    distance = max(np.float32(0), norms[i] - np.float32(2) * dot[i] + centre_norm)
+                    if j == 0 or distance < nearest[i]:
+                        nearest[i] = distance
+            # Lloyd iterations; a cluster without points keeps its centre
+            centre_norms = np.empty(num_centres, np.float32)
+            best = np.empty(n, np.float32)
+            labels = np.empty(n, np.int64)
+            sums = np.empty((num_centres, channels), np.float64)
+            counts = np.empty(num_centres, np.int64)
+            for _ in range(num_iters):
+                _squared_norms(centres, centre_norms)
+                for first in range(0, n, _KMEANS_CHUNK):
+                    last = min(n, first + _KMEANS_CHUNK)
+                    _nearest_centres(rows, first, last - first, centres, centre_norms, best[first:last], labels[first:last])
+                sums[:] = 0
+                counts[:] = 0
+                for i in range(n):
+                    j = labels[i]
+                    counts[j] += 1
+                    for d in range(channels):
+                        sums[j, d] += x[i, d]
+                for j in range(num_centres):
+                    if counts[j]:
+                        for d in range(channels):
+                            centres[j, d] = np.float32(sums[j, d] / counts[j])
+            centres_out[b] = centres
+            # every point to its nearest final centre, a chunk at a time
+            _squared_norms(centres, centre_norms)
+            chunk_bits = np.empty((channels, _KMEANS_CHUNK), np.uint32)
+            chunk = chunk_bits.view(np.float32)
+            chunk_best = np.empty(_KMEANS_CHUNK, np.float32)
+            for first in range(0, num_points, _KMEANS_CHUNK):
+                last = min(num_points, first + _KMEANS_CHUNK)
+                for i in range(first, last):
+                    for d in range(channels):
+                        chunk_bits[d, i - first] = np.uint32(points[b, i, d]) << 16
+                _nearest_centres(chunk, 0, last - first, centres, centre_norms, chunk_best, labels_out[b, first:last])
+
     _KERNELS = SimpleNamespace(
         numba=numba,
         shifted_sums=_shifted_sums,
@@ -235,6 +352,7 @@ if numba is not None:
         trilinear_warp=_trilinear_warp,
         channel_rows=_channel_rows,
         neighbour_products=_neighbour_products,
+        kmeans=_kmeans,
     )
 
 
@@ -310,3 +428,29 @@ def bfloat16_neighbour_products(moving: torch.Tensor, fixed: torch.Tensor, kerne
     scores = torch.empty((fixed.shape[0], 27, *fixed.shape[2:]), dtype=torch.float32)
     kernels.neighbour_products(moving_rows, fixed_rows, scores.numpy())
     return scores
+
+
+def bfloat16_kmeans(
+    points: torch.Tensor, num_iters: int, init_draws: torch.Tensor, subset: torch.Tensor, kernels: SimpleNamespace
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    :py:func:`~monai_sacb.networks.blocks.kmeans.batched_kmeans` of bfloat16 CPU points (B, N, C), any strides,
+    fitted on the points ``subset`` (n,) int64: the same algorithm (k-means++ with ``init_draws`` (K,), a fixed
+    number of Lloyd iterations, an empty cluster keeping its centre, ties to the lowest index, every point then
+    assigned to its nearest centre), each sample on its own thread in one compiled call instead of about a hundred
+    small tensor operations. The sums are taken in other orders (the cluster sums in float64), so a point almost
+    equally near two centres may go the other way. Returns assignments (B, N) int64 and centres (B, K, C) float32.
+    """
+    _set_threads(kernels)
+    batch, num_points, channels = points.shape
+    centres = torch.empty((batch, init_draws.numel(), channels), dtype=torch.float32)
+    assignments = torch.empty((batch, num_points), dtype=torch.int64)
+    kernels.kmeans(
+        points.view(torch.int16).numpy().view(np.uint16),
+        subset.cpu().numpy(),
+        init_draws.detach().to(dtype=torch.float64, device="cpu").numpy(),
+        num_iters,
+        centres.numpy(),
+        assignments.numpy(),
+    )
+    return assignments, centres

@@ -200,7 +200,8 @@ def test_no_gradient_through_outputs():
     assert not KMeans(3)(points)[1].requires_grad
 
 
-def test_bfloat16_input_is_clustered_in_float32():
+def test_bfloat16_input_is_clustered_in_float32(monkeypatch):
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "0")  # the eager path; the compiled one is compared with it below
     points, _ = _planted_blobs(seed=5)
     generator = torch.Generator().manual_seed(5)
     points = (points + torch.randn(points.shape, generator=generator)).bfloat16()
@@ -269,3 +270,77 @@ def test_module_buffer_follows_to_and_is_not_saved():
         assert cuda.init_draws.device.type == "cuda"
         assignments, centroids = cuda(torch.randn(2, 40, 3, device="cuda"))
         assert assignments.device.type == "cuda" and centroids.device.type == "cuda"
+
+
+@pytest.fixture
+def compiled_kmeans(monkeypatch):
+    """The compiled k-means of bfloat16 points on (skips without numba); ``eager(fn)`` runs fn with it off."""
+    pytest.importorskip("numba")
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
+
+    def eager(function):
+        with monkeypatch.context() as switch:
+            switch.setenv("MONAI_SACB_NUMBA", "0")
+            return function()
+
+    return eager
+
+
+def _integer_points(shape, distinct, seed):
+    """bfloat16 points of small integer coordinates: every distance is exact in float32 whatever the summation
+    order, so the compiled and the eager k-means must agree exactly, ties (duplicated centroids) included."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, distinct, shape, generator=generator).bfloat16()
+
+
+@pytest.mark.parametrize(
+    "shape, distinct, max_points",
+    [((2, 3000, 6), 3, None), ((2, 3000, 6), 3, 500), ((2, 700, 16), 5, 256), ((3, 300, 64), 4, None), ((1, 9, 2), 2, None)],
+)
+def test_compiled_bfloat16_kmeans_equals_eager(shape, distinct, max_points, compiled_kmeans):
+    points = _integer_points(shape, distinct, seed=shape[1])
+    assert kmeans_module._compiled_kmeans(points, 10, kmeans_init_draws(7), max_points) is not None
+    compiled = batched_kmeans(points, 7, max_points=max_points)
+    eager = compiled_kmeans(lambda: batched_kmeans(points, 7, max_points=max_points))
+    assert torch.equal(compiled[0], eager[0])
+    torch.testing.assert_close(compiled[1], eager[1], rtol=0, atol=1e-6)
+    assert compiled[1].dtype == torch.float32 and compiled[0].dtype == torch.int64
+    again = batched_kmeans(points.clone(), 7, max_points=max_points)
+    assert torch.equal(again[0], compiled[0]) and torch.equal(again[1], compiled[1])
+
+
+def test_compiled_bfloat16_kmeans_planted_clusters_and_edge_cases(compiled_kmeans):
+    points, truth = _planted_blobs(seed=7)
+    points = points.bfloat16()
+    for max_points in (None, 30):
+        assignments, centroids = batched_kmeans(points, 3, max_points=max_points)
+        eager = compiled_kmeans(lambda: batched_kmeans(points, 3, max_points=max_points))
+        assert torch.equal(assignments, eager[0])
+        torch.testing.assert_close(centroids, eager[1], rtol=0, atol=1e-5)
+        assert torch.equal(assignments, _nearest_centroid(points.float(), centroids))
+        for b in range(2):
+            for blob in range(3):
+                assert assignments[b][truth[b] == blob].unique().numel() == 1
+    both, single = batched_kmeans(points, 3), batched_kmeans(points[1:], 3)
+    assert torch.equal(single[0][0], both[0][1]) and torch.equal(single[1][0], both[1][1])  # samples are independent
+    # constant input: one cluster, identical finite centroids
+    assignments, centroids = batched_kmeans(torch.full((2, 50, 3), 1.5).bfloat16(), 4)
+    assert torch.equal(assignments, torch.zeros(2, 50, dtype=torch.int64))
+    assert torch.equal(centroids, torch.full((2, 4, 3), 1.5))
+    # fewer points than clusters: every point on its own centroid, extra clusters empty but finite
+    few = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(4)).bfloat16()
+    assignments, centroids = batched_kmeans(few, 7)
+    assert torch.isfinite(centroids).all() and all(assignments[b].unique().numel() == 4 for b in range(2))
+    torch.testing.assert_close(torch.gather(centroids, 1, assignments.unsqueeze(-1).expand(-1, -1, 3)), few.float())
+
+
+def test_compiled_kmeans_applies_to_bfloat16_on_cpu_only(compiled_kmeans, monkeypatch):
+    """float32 results must not depend on numba being installed."""
+    points = _integer_points((2, 40, 3), 3, seed=1)
+    draws = kmeans_init_draws(3)
+    assert kmeans_module._compiled_kmeans(points, 10, draws, None) is not None
+    assert kmeans_module._compiled_kmeans(points.float(), 10, draws, None) is None
+    with mock.patch.object(kmeans_module, "use_cpu_kernels", return_value=False):
+        assert kmeans_module._compiled_kmeans(points, 10, draws, None) is None
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "0")
+    assert kmeans_module._compiled_kmeans(points, 10, draws, None) is None
