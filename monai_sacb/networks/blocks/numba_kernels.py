@@ -26,7 +26,7 @@ try:
 except ImportError:  # optional: the callers fall back to eager PyTorch
     numba = None
 
-__all__ = ["numba_kernels", "bfloat16_instance_norm_leaky_relu_", "trilinear_warp_", "bfloat16_neighbour_products", "bfloat16_kmeans"]
+__all__ = ["numba_kernels", "bfloat16_instance_norm_leaky_relu_", "trilinear_warp_", "bfloat16_neighbour_products", "bfloat16_kmeans", "bfloat16_local_mean"]
 
 # work items per sample for the threads: small enough to balance, large enough to stream a few MB each
 _BLOCKS_PER_SAMPLE = 32
@@ -228,6 +228,54 @@ if numba is not None:
                             scores[b, k, z, y] = total
                             k += 1
 
+    @_jit
+    def _round_to_bfloat16(value, bits):
+        """bits of the float32 ``value`` rounded to the nearest bfloat16, ties to even (PyTorch's conversion)."""
+        if value != value:
+            return np.uint16(0x7FC0)  # NaN stays NaN (rounding its bits could carry into infinity)
+        bits[0] = 0
+        view = bits.view(np.float32)
+        view[0] = value
+        u = bits[0]
+        return np.uint16((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16)
+
+    @_jit(parallel=True, error_model="numpy")
+    def _local_mean(features, out):
+        """
+        out (B, D, H, W, C) <- the mean over each voxel's 3x3x3 neighbourhood (zero padded, divisor 27) of features
+        (B, D, H, W, C), both bfloat16 bits: float32 sums, one rounding to bfloat16. Separable: the three planes
+        summed, then the three rows, then the three columns, channels innermost.
+        """
+        batch, depth, height, width, channels = features.shape
+        for task in numba.prange(batch * depth):
+            b, z = task // depth, task % depth
+            plane = np.zeros((height, width * channels), np.float32)
+            bits = np.empty(width * channels, np.uint32)
+            values = bits.view(np.float32)
+            for zz in range(max(0, z - 1), min(depth, z + 2)):
+                for y in range(height):
+                    for x in range(width):
+                        for c in range(channels):
+                            bits[x * channels + c] = np.uint32(features[b, zz, y, x, c]) << 16
+                    row = plane[y]
+                    for j in range(width * channels):
+                        row[j] += values[j]
+            rows = np.empty((width + 2) * channels, np.float32)  # one row summed over y, zero columns either side
+            scratch = np.empty(1, np.uint32)
+            inverse = np.float32(1) / np.float32(27)
+            for y in range(height):
+                rows[:] = 0
+                inner = rows[channels : channels + width * channels]
+                for yy in range(max(0, y - 1), min(height, y + 2)):
+                    source = plane[yy]
+                    for j in range(width * channels):
+                        inner[j] += source[j]
+                for x in range(width):
+                    for c in range(channels):
+                        j = x * channels + c
+                        total = rows[j] + rows[j + channels] + rows[j + 2 * channels]
+                        out[b, z, y, x, c] = _round_to_bfloat16(total * inverse, scratch)
+
     # points of k-means handled per step: their float32 coordinates, one row per channel, stay in L1 cache
     _KMEANS_CHUNK = 256
 
@@ -353,6 +401,7 @@ if numba is not None:
         channel_rows=_channel_rows,
         neighbour_products=_neighbour_products,
         kmeans=_kmeans,
+        local_mean=_local_mean,
     )
 
 
@@ -454,3 +503,16 @@ def bfloat16_kmeans(
         assignments.numpy(),
     )
     return assignments, centres
+
+
+def bfloat16_local_mean(x: torch.Tensor, kernels: SimpleNamespace) -> torch.Tensor:
+    """
+    :py:func:`~monai_sacb.networks.blocks.sac.local_mean` of a bfloat16 CPU x (B, C, D, H, W), any memory format:
+    the 27-voxel sums in float32 and one rounding of the mean to bfloat16 (the eager bfloat16 code rounds after
+    each of its separable sums). Returns a new bfloat16 tensor in x's memory format.
+    """
+    _set_threads(kernels)
+    out = torch.empty_like(x)
+    as_bits = lambda t: t.permute(0, 2, 3, 4, 1).view(torch.int16).numpy().view(np.uint16)  # noqa: E731
+    kernels.local_mean(as_bits(x), as_bits(out))
+    return out

@@ -55,6 +55,43 @@ def test_local_mean_is_zero_padded_average_pool(shape):
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(2, 16, 9, 8, 7), (1, 3, 1, 2, 1), (2, 64, 3, 1, 4)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_compiled_bfloat16_local_mean_is_the_rounded_exact_mean(shape, channels_last, monkeypatch):
+    """bfloat16 features (inference under bfloat16 autocast) where numba is installed: float32 sums rounded once, so
+    the exact mean rounded to bfloat16 (the eager bfloat16 code rounds after each axis and matches it about half
+    the time)."""
+    pytest.importorskip("numba")
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 3 + 2).bfloat16()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    exact = F.avg_pool3d(F.pad(x.double(), [1, 1] * 3), 3, stride=1)
+    with torch.no_grad():
+        out = local_mean(x)
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape and out.stride() == x.stride()
+    # float32 sums of 27 bfloat16 values are exact or nearly, so the one rounding is to the nearest bfloat16
+    assert (out == exact.bfloat16()).float().mean() > 0.999
+    torch.testing.assert_close(out.double(), exact, rtol=2**-8, atol=0)
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "0")
+    torch.testing.assert_close(local_mean(x).double(), exact, rtol=2**-6, atol=1e-2)  # the eager bfloat16 code
+
+
+def test_compiled_local_mean_only_for_3d_bfloat16_without_gradient(monkeypatch):
+    pytest.importorskip("numba")
+    from monai_sacb.networks.blocks import sac as sac_module
+
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
+    x = torch.randn(1, 4, 5, 6, 7, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert sac_module._compiled_local_mean(x.bfloat16()) is not None
+        assert sac_module._compiled_local_mean(x) is None  # float32 results must not depend on numba
+        assert sac_module._compiled_local_mean(x[..., 0].bfloat16()) is None
+    assert sac_module._compiled_local_mean(x.bfloat16().requires_grad_()) is None
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "0")
+    assert sac_module._compiled_local_mean(x.bfloat16()) is None
+
+
 def _spec_block_forward(block, inputs, num_clusters, iters=10, seed=0):
     """The block written out from the design spec, with the block's own parameters."""
     spatial_dims = inputs.ndim - 2
