@@ -2,13 +2,21 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 """
 Optional compiled CPU kernels, written with `Numba <https://numba.pydata.org>`_ (``pip install numba``, part of the
-``dev`` and ``fast`` extras): a bfloat16 norm that reads its tensor once per pass where eager PyTorch makes one pass
-per operation, a trilinear warp about twice as fast as PyTorch's CPU ``grid_sample`` for multi-channel
-features, with its arithmetic, and the similarity matching's neighbour products of bfloat16 features, read as they
-are instead of converted and shifted 27 times. The eager formulation stays the fallback and the reference; the callers decide where
-these apply (:py:func:`numba_kernels`) and import this module only then, since importing numba takes a few tenths
-of a second. Compiled on first use and cached on disk (a few seconds once per installation, then about 0.4 s per
-process). ``MONAI_SACB_NUMBA=0`` in the environment turns them off.
+``dev`` and ``fast`` extras), for inference, where eager PyTorch either makes one pass over memory per operation or
+runs as many small operations:
+
+- a trilinear warp about twice as fast as PyTorch's CPU ``grid_sample`` for multi-channel features, with its
+  arithmetic (the same bits), float32;
+- for bfloat16 tensors (inference under CPU bfloat16 autocast): the instance norm + LeakyReLU, read once per pass;
+  the similarity matching's neighbour products, each feature map read once instead of converted and shifted 27
+  times; the local mean of the k-means descriptors, rounded once; and k-means itself, one call per block instead
+  of about a hundred small operations. These sum in other orders than the eager code (results equal up to
+  rounding), so float32 results never depend on whether numba is installed.
+
+The eager formulation stays the fallback and the reference; the callers decide where these apply
+(:py:func:`numba_kernels`) and import this module only then, since importing numba takes a few tenths of a second.
+Compiled on first use and cached on disk (several seconds once per installation, then about 0.5 s per process).
+``MONAI_SACB_NUMBA=0`` in the environment turns them off.
 """
 
 from __future__ import annotations
