@@ -305,6 +305,10 @@ def test_compiled_bfloat16_kmeans_equals_eager(shape, distinct, max_points, comp
     assert torch.equal(compiled[0], eager[0])
     torch.testing.assert_close(compiled[1], eager[1], rtol=0, atol=1e-6)
     assert compiled[1].dtype == torch.float32 and compiled[0].dtype == torch.int64
+    # points given as a transposed view (channels first in memory), as descriptors of a contiguous feature map are
+    strided = points.transpose(1, 2).contiguous().transpose(1, 2)
+    transposed = batched_kmeans(strided, 7, max_points=max_points)
+    assert torch.equal(transposed[0], compiled[0]) and torch.equal(transposed[1], compiled[1])
     again = batched_kmeans(points.clone(), 7, max_points=max_points)
     assert torch.equal(again[0], compiled[0]) and torch.equal(again[1], compiled[1])
 
