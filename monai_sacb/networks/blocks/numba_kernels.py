@@ -15,7 +15,8 @@ runs as many small operations:
 
 The eager formulation stays the fallback and the reference; the callers decide where these apply
 (:py:func:`numba_kernels`) and import this module only then, since importing numba takes a few tenths of a second.
-Compiled on first use and cached on disk (several seconds once per installation, then about 0.5 s per process).
+Compiled on first use and cached on disk (about 20 s once per installation on a 2-core CPU, then a few tenths of a
+second per process).
 ``MONAI_SACB_NUMBA=0`` in the environment turns them off.
 """
 
