@@ -136,6 +136,8 @@ def batched_kmeans(
     if points.ndim != 3:
         raise ValueError(f"points must have shape (B, N, C), got {tuple(points.shape)}.")
     batch, num_points, _ = points.shape
+    if num_points == 0:
+        raise ValueError(f"points must hold at least one point per sample (N >= 1), got shape {tuple(points.shape)}.")
     if num_clusters < 1:
         raise ValueError(f"num_clusters must be >= 1, got {num_clusters}.")
     if num_iters < 0:
@@ -193,7 +195,7 @@ def _compiled_kmeans(
     """
     :py:func:`batched_kmeans` of bfloat16 CPU points (the voxel descriptors of CPU inference under bfloat16
     autocast) by the compiled kernel (:py:func:`~monai_sacb.networks.blocks.numba_kernels.bfloat16_kmeans`), in
-    about half the time; None where it does not apply: other dtypes (so float32 results never depend on whether
+    about 40 % of the time; None where it does not apply: other dtypes (so float32 results never depend on whether
     numba is installed), other devices, tracing or export, or no kernels.
     """
     if points.dtype != torch.bfloat16 or not use_cpu_kernels(points):

@@ -43,7 +43,7 @@ def _compiled_local_mean(x: torch.Tensor) -> torch.Tensor | None:
     The local mean of 3D bfloat16 CPU features without gradient (the k-means descriptors of inference under
     bfloat16 autocast) from the compiled kernel
     (:py:func:`~monai_sacb.networks.blocks.numba_kernels.bfloat16_local_mean`): summed in float32 and rounded
-    once, in about a quarter of the time; None where it does not apply (other dtypes, so that float32 results never
+    once, in about half the time; None where it does not apply (other dtypes, so that float32 results never
     depend on whether numba is installed; 2D; gradients; no kernels).
     """
     if x.ndim != 5 or x.dtype != torch.bfloat16 or not use_cpu_kernels(x):

@@ -237,11 +237,14 @@ def test_init_draws_are_seeded():
         ((1, 2, 10, 3), 2, r"\(B, N, C\)"),
         ((1, 10, 3), 0, "num_clusters"),
         ((1, 10, 3), -2, "num_clusters"),
+        ((2, 0, 3), 2, "at least one point"),
     ],
 )
 def test_bad_inputs_raise_value_error(shape, num_clusters, match):
     with pytest.raises(ValueError, match=match):
         batched_kmeans(torch.randn(shape), num_clusters)
+    with pytest.raises(ValueError, match=match):  # the compiled bfloat16 path checks first too
+        batched_kmeans(torch.randn(shape).bfloat16(), num_clusters)
 
 
 def test_bad_init_draws_and_iters_raise_value_error():
