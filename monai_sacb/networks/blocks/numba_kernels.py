@@ -63,6 +63,11 @@ if numba is not None:
         for j in range(row.shape[0]):
             bits[j] = np.uint32(row[j]) << 16
 
+    @_jit(inline="always")
+    def _rounded_to_bfloat16(u):
+        """float32 bits u -> the bits of the nearest bfloat16, ties to even (PyTorch's float32 -> bfloat16)."""
+        return np.uint16((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16)
+
     @_jit(parallel=True)
     def _shifted_sums(rows, channels, num_blocks):
         """
@@ -115,9 +120,8 @@ if numba is not None:
                 for j in range(width):
                     y = (values[j] - m[j]) * s[j]
                     values[j] = y if y > 0 else y * negative_slope
-                for j in range(width):  # round to nearest even, as PyTorch's float32 -> bfloat16
-                    u = bits[j]
-                    rows[g, i, j] = np.uint16((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16)
+                for j in range(width):
+                    rows[g, i, j] = _rounded_to_bfloat16(bits[j])
 
     @_jit(parallel=True, error_model="numpy")
     def _trilinear_warp(image, ddf, out, border):
@@ -249,11 +253,9 @@ if numba is not None:
         """bits of the float32 ``value`` rounded to the nearest bfloat16, ties to even (PyTorch's conversion)."""
         if value != value:
             return np.uint16(0x7FC0)  # NaN stays NaN (rounding its bits could carry into infinity)
-        bits[0] = 0
         view = bits.view(np.float32)
         view[0] = value
-        u = bits[0]
-        return np.uint16((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16)
+        return _rounded_to_bfloat16(bits[0])
 
     @_jit(parallel=True, error_model="numpy")
     def _local_mean(features, out):
