@@ -7,6 +7,7 @@ import torch
 
 __all__ = [
     "channels_last_format",
+    "compiled_cpu_kernels",
     "cpu_bfloat16_is_fast",
     "deterministic_backward_needed",
     "is_exporting",
@@ -53,6 +54,23 @@ def use_cpu_kernels(tensor: torch.Tensor) -> bool:
     the memory for backward (:py:func:`~monai_sacb.networks.blocks.instance_norm_leaky_relu`).
     """
     return tensor.device.type == "cpu" and not is_exporting()
+
+
+def compiled_cpu_kernels(*tensors: torch.Tensor):
+    """
+    The optional compiled kernels (:py:func:`~monai_sacb.networks.blocks.numba_kernels.numba_kernels`) for a
+    computation on ``tensors`` that :py:func:`use_cpu_kernels` allows and autograd will not differentiate (the
+    kernels have no backward), or None: also without numba, with ``MONAI_SACB_NUMBA=0``, outside the main thread
+    and in ``DataLoader`` workers. Callers test their own kernel's conditions (dtype, dimensions) first: this
+    imports numba on first use, which takes a few tenths of a second.
+    """
+    if not all(use_cpu_kernels(tensor) for tensor in tensors):
+        return None
+    if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors):
+        return None
+    from monai_sacb.networks.blocks.numba_kernels import numba_kernels
+
+    return numba_kernels()
 
 
 def channels_last_format(spatial_dims: int) -> torch.memory_format:

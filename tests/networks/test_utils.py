@@ -37,8 +37,9 @@ def test_channels_last_format():
 
 @pytest.fixture
 def plain():
-    """Every block as it runs off the CPU (CUDA, export, compile): use_cpu_kernels answers False everywhere."""
-    modules = (conv, norm_act, adaptive_conv, warp, matching)
+    """Every block as it runs off the CPU (CUDA, export, compile): use_cpu_kernels answers False everywhere, also
+    where utils.compiled_cpu_kernels asks it for the optional compiled kernels."""
+    modules = (conv, norm_act, adaptive_conv, warp, matching, utils)
     patches = [mock.patch.object(m, "use_cpu_kernels", return_value=False) for m in modules]
     yield {m.__name__.rsplit(".", 1)[1]: p.start() for m, p in zip(modules, patches)}
     for p in patches:

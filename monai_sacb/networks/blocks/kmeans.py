@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from monai_sacb.networks.utils import use_cpu_kernels
+from monai_sacb.networks.utils import compiled_cpu_kernels, use_cpu_kernels
 
 __all__ = ["batched_kmeans", "kmeans_init_draws", "kmeans_subset_indices", "KMeans"]
 
@@ -198,16 +198,17 @@ def _compiled_kmeans(
     about 40 % of the time; None where it does not apply: other dtypes (so float32 results never depend on whether
     numba is installed), other devices, tracing or export, or no kernels.
     """
-    if points.dtype != torch.bfloat16 or not use_cpu_kernels(points):
+    points = points.detach()  # k-means is not differentiable on any path
+    if points.dtype != torch.bfloat16:
         return None
-    from monai_sacb.networks.blocks.numba_kernels import bfloat16_kmeans, numba_kernels
-
-    kernels = numba_kernels()
+    kernels = compiled_cpu_kernels(points)
     if kernels is None:
         return None
+    from monai_sacb.networks.blocks.numba_kernels import bfloat16_kmeans
+
     num_points = points.shape[1]
     subset = kmeans_subset_indices(num_points, num_points if max_points is None else max_points)
-    return bfloat16_kmeans(points.detach(), num_iters, init_draws, subset, kernels)
+    return bfloat16_kmeans(points, num_iters, init_draws, subset, kernels)
 
 
 class KMeans(nn.Module):

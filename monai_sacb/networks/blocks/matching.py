@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from monai_sacb.networks.utils import use_cpu_kernels
+from monai_sacb.networks.utils import compiled_cpu_kernels, use_cpu_kernels
 
 __all__ = ["similarity_matching_flow", "SimilarityMatching"]
 
@@ -102,12 +102,12 @@ def _compiled_scores(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor 
     """
     if fixed.ndim != 5 or fixed.dtype != torch.bfloat16 or moving.dtype != torch.bfloat16:
         return None
-    if not use_cpu_kernels(fixed) or (torch.is_grad_enabled() and (fixed.requires_grad or moving.requires_grad)):
+    kernels = compiled_cpu_kernels(moving, fixed)
+    if kernels is None:
         return None
-    from monai_sacb.networks.blocks.numba_kernels import bfloat16_neighbour_products, numba_kernels
+    from monai_sacb.networks.blocks.numba_kernels import bfloat16_neighbour_products
 
-    kernels = numba_kernels()
-    return None if kernels is None else bfloat16_neighbour_products(moving, fixed, kernels)
+    return bfloat16_neighbour_products(moving, fixed, kernels)
 
 
 def _shifted(score: torch.Tensor, offset: tuple[int, ...]) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from monai_sacb.networks.utils import channels_last_format, is_exporting, use_cpu_kernels
+from monai_sacb.networks.utils import channels_last_format, compiled_cpu_kernels, is_exporting, use_cpu_kernels
 
 __all__ = ["instance_norm_leaky_relu", "InstanceNormLeakyReLU"]
 
@@ -168,13 +168,12 @@ def _bfloat16_in_place(x: torch.Tensor, negative_slope: float, eps: float) -> to
     throughout; about 1.5x faster again, :py:mod:`~monai_sacb.networks.blocks.numba_kernels`).
     """
     rows, channels, repeats = _voxel_major_rows(x)
-    if x.numel() >= _NUMBA_MIN_ELEMENTS:
-        from monai_sacb.networks.blocks import numba_kernels  # on first use: numba takes a while to import
+    kernels = compiled_cpu_kernels(x) if x.numel() >= _NUMBA_MIN_ELEMENTS else None
+    if kernels is not None:
+        from monai_sacb.networks.blocks.numba_kernels import bfloat16_instance_norm_leaky_relu_
 
-        kernels = numba_kernels.numba_kernels()
-        if kernels is not None:
-            numba_kernels.bfloat16_instance_norm_leaky_relu_(rows, channels, negative_slope, eps, kernels)
-            return x
+        bfloat16_instance_norm_leaky_relu_(rows, channels, negative_slope, eps, kernels)
+        return x
     groups, num_rows, width = rows.shape
     num_voxels = num_rows * repeats
 

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from monai_sacb.networks.blocks.adaptive_conv import cluster_adaptive_conv
 from monai_sacb.networks.blocks.encoder import conv_norm_act
 from monai_sacb.networks.blocks.kmeans import KMeans
-from monai_sacb.networks.utils import use_cpu_kernels
+from monai_sacb.networks.utils import compiled_cpu_kernels
 
 __all__ = ["SACBlock", "local_mean"]
 
@@ -46,14 +46,14 @@ def _compiled_local_mean(x: torch.Tensor) -> torch.Tensor | None:
     once, in about half the time; None where it does not apply (other dtypes, so that float32 results never
     depend on whether numba is installed; 2D; gradients; no kernels).
     """
-    if x.ndim != 5 or x.dtype != torch.bfloat16 or not use_cpu_kernels(x):
+    if x.ndim != 5 or x.dtype != torch.bfloat16:
         return None
-    if torch.is_grad_enabled() and x.requires_grad:
+    kernels = compiled_cpu_kernels(x)
+    if kernels is None:
         return None
-    from monai_sacb.networks.blocks.numba_kernels import bfloat16_local_mean, numba_kernels
+    from monai_sacb.networks.blocks.numba_kernels import bfloat16_local_mean
 
-    kernels = numba_kernels()
-    return None if kernels is None else bfloat16_local_mean(x, kernels)
+    return bfloat16_local_mean(x, kernels)
 
 
 def _mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:

@@ -9,7 +9,12 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
-from monai_sacb.networks.utils import deterministic_backward_needed, is_exporting, use_cpu_kernels
+from monai_sacb.networks.utils import (
+    compiled_cpu_kernels,
+    deterministic_backward_needed,
+    is_exporting,
+    use_cpu_kernels,
+)
 
 __all__ = ["ddf_sampling_grid", "linear_resize", "resize_ddf", "warp_with_ddf"]
 
@@ -137,11 +142,7 @@ def _compiled_sampling(image: torch.Tensor, ddf: torch.Tensor, mode: str, paddin
     """
     if not (image.ndim == 5 and mode == "bilinear" and padding_mode in ("zeros", "border") and dtype == torch.float32):
         return None
-    if not use_cpu_kernels(image) or (torch.is_grad_enabled() and (image.requires_grad or ddf.requires_grad)):
-        return None
-    from monai_sacb.networks.blocks.numba_kernels import numba_kernels
-
-    return numba_kernels()
+    return compiled_cpu_kernels(image, ddf)
 
 
 def _thread_chunks(image: torch.Tensor) -> int:

@@ -10,6 +10,7 @@ import torch
 
 from monai_sacb.networks import KMeans, batched_kmeans, kmeans_init_draws
 from monai_sacb.networks.blocks import kmeans as kmeans_module
+from monai_sacb.networks import utils as network_utils
 from monai_sacb.networks.blocks import kmeans_subset_indices
 
 # three well separated blob centres per sample, different for each sample of the batch
@@ -347,7 +348,7 @@ def test_compiled_kmeans_applies_to_bfloat16_on_cpu_only(compiled_kmeans, monkey
     draws = kmeans_init_draws(3)
     assert kmeans_module._compiled_kmeans(points, 10, draws, None) is not None
     assert kmeans_module._compiled_kmeans(points.float(), 10, draws, None) is None
-    with mock.patch.object(kmeans_module, "use_cpu_kernels", return_value=False):
+    with mock.patch.object(network_utils, "use_cpu_kernels", return_value=False):  # e.g. exporting
         assert kmeans_module._compiled_kmeans(points, 10, draws, None) is None
     monkeypatch.setenv("MONAI_SACB_NUMBA", "0")
     assert kmeans_module._compiled_kmeans(points, 10, draws, None) is None
