@@ -32,6 +32,9 @@ import torch
 
 try:
     import numba
+    from llvmlite import ir as llvm_ir
+    from numba.core import types as numba_types
+    from numba.extending import intrinsic, overload
 except ImportError:  # optional: the callers fall back to eager PyTorch
     numba = None
 
@@ -67,6 +70,42 @@ if numba is not None:
     def _rounded_to_bfloat16(u):
         """float32 bits u -> the bits of the nearest bfloat16, ties to even (PyTorch's float32 -> bfloat16)."""
         return np.uint16((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16)
+
+    @intrinsic
+    def _float32_from_bits(typingctx, bits):
+        """The float32 whose bits are the uint32 ``bits`` (a register move, no memory)."""
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], llvm_ir.FloatType())
+
+        return numba_types.float32(numba_types.uint32), codegen
+
+    @intrinsic
+    def _bits_of_float32(typingctx, value):
+        """The uint32 bits of the float32 ``value``."""
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], llvm_ir.IntType(32))
+
+        return numba_types.uint32(numba_types.float32), codegen
+
+    def _as_float32(element):
+        """An array element as float32: a float32 as it is, a uint16 as the bfloat16 whose bits it holds (exact)."""
+
+    @overload(_as_float32, inline="always")
+    def _as_float32_overload(element):
+        if element == numba_types.uint16:
+            return lambda element: _float32_from_bits(np.uint32(element) << np.uint32(16))
+        return lambda element: element
+
+    def _in_dtype_of(array, value):
+        """A float32 value as an element of ``array``: itself, or the bits of the nearest bfloat16 for uint16."""
+
+    @overload(_in_dtype_of, inline="always")
+    def _in_dtype_of_overload(array, value):
+        if array.dtype == numba_types.uint16:
+            return lambda array, value: _rounded_to_bfloat16(_bits_of_float32(value))
+        return lambda array, value: value
 
     @_jit(parallel=True)
     def _shifted_sums(rows, channels, num_blocks):
@@ -130,7 +169,9 @@ if numba is not None:
         through ``warp.ddf_sampling_grid``'s normalisation to [-1, 1] and PyTorch's CPU ``grid_sample``
         (align_corners) back, with the same float32 operations in the same order, so the same float32 values as
         ``grid_sample`` on that grid: image (B, D, H, W, C), ddf (B, 3, D, H, W), out (B, D, H, W, C), any strides.
-        Zero padding, or border padding (positions clipped to the volume) with ``border``.
+        Zero padding, or border padding (positions clipped to the volume) with ``border``. image and out hold
+        float32 values or bfloat16 bits (uint16), each independently: a bfloat16 image is read exactly as float32,
+        and the float32 result rounded to bfloat16 for a bfloat16 out, as PyTorch converts it.
         """
         batch, depth, height, width, channels = image.shape
         size_x, size_y, size_z = np.float32(width - 1), np.float32(height - 1), np.float32(depth - 1)
@@ -176,35 +217,35 @@ if numba is not None:
                     if in_x0 and in_x1 and in_y0 and in_y1 and in_z0 and in_z1:  # inside: no tests per channel
                         for c in range(channels):
                             value = zero
-                            value += image[b, z0, y0, x0, c] * tnw
-                            value += image[b, z0, y0, x1, c] * tne
-                            value += image[b, z0, y1, x0, c] * tsw
-                            value += image[b, z0, y1, x1, c] * tse
-                            value += image[b, z1, y0, x0, c] * bnw
-                            value += image[b, z1, y0, x1, c] * bne
-                            value += image[b, z1, y1, x0, c] * bsw
-                            value += image[b, z1, y1, x1, c] * bse
-                            out[b, z, y, x, c] = value
+                            value += _as_float32(image[b, z0, y0, x0, c]) * tnw
+                            value += _as_float32(image[b, z0, y0, x1, c]) * tne
+                            value += _as_float32(image[b, z0, y1, x0, c]) * tsw
+                            value += _as_float32(image[b, z0, y1, x1, c]) * tse
+                            value += _as_float32(image[b, z1, y0, x0, c]) * bnw
+                            value += _as_float32(image[b, z1, y0, x1, c]) * bne
+                            value += _as_float32(image[b, z1, y1, x0, c]) * bsw
+                            value += _as_float32(image[b, z1, y1, x1, c]) * bse
+                            out[b, z, y, x, c] = _in_dtype_of(out, value)
                         continue
                     for c in range(channels):
                         value = zero
                         if in_z0 and in_y0 and in_x0:
-                            value += image[b, z0, y0, x0, c] * tnw
+                            value += _as_float32(image[b, z0, y0, x0, c]) * tnw
                         if in_z0 and in_y0 and in_x1:
-                            value += image[b, z0, y0, x1, c] * tne
+                            value += _as_float32(image[b, z0, y0, x1, c]) * tne
                         if in_z0 and in_y1 and in_x0:
-                            value += image[b, z0, y1, x0, c] * tsw
+                            value += _as_float32(image[b, z0, y1, x0, c]) * tsw
                         if in_z0 and in_y1 and in_x1:
-                            value += image[b, z0, y1, x1, c] * tse
+                            value += _as_float32(image[b, z0, y1, x1, c]) * tse
                         if in_z1 and in_y0 and in_x0:
-                            value += image[b, z1, y0, x0, c] * bnw
+                            value += _as_float32(image[b, z1, y0, x0, c]) * bnw
                         if in_z1 and in_y0 and in_x1:
-                            value += image[b, z1, y0, x1, c] * bne
+                            value += _as_float32(image[b, z1, y0, x1, c]) * bne
                         if in_z1 and in_y1 and in_x0:
-                            value += image[b, z1, y1, x0, c] * bsw
+                            value += _as_float32(image[b, z1, y1, x0, c]) * bsw
                         if in_z1 and in_y1 and in_x1:
-                            value += image[b, z1, y1, x1, c] * bse
-                        out[b, z, y, x, c] = value
+                            value += _as_float32(image[b, z1, y1, x1, c]) * bse
+                        out[b, z, y, x, c] = _in_dtype_of(out, value)
 
     @_jit(parallel=True)
     def _channel_rows(features, rows):
@@ -461,16 +502,21 @@ def trilinear_warp_(
     image: torch.Tensor, ddf: torch.Tensor, out: torch.Tensor, border: bool, kernels: SimpleNamespace
 ) -> torch.Tensor:
     """
-    ``out.copy_(F.grid_sample(image, ddf_sampling_grid(ddf), "bilinear", "border" if border else "zeros",
-    align_corners=True))`` for float32 CPU tensors, image (B, C, D, H, W) and out (B, C, D, H, W) in any memory
-    format, ddf (B, 3, D, H, W) in voxels: the same values (PyTorch's arithmetic, in its order, the sampling grid
-    computed per voxel instead of stored), on all threads, about 2x faster than ``grid_sample`` cut into slabs for
-    8 channels. ``out`` must not share memory with ``image``.
+    ``out.copy_(F.grid_sample(image.float(), ddf_sampling_grid(ddf), "bilinear", "border" if border else "zeros",
+    align_corners=True))`` for CPU tensors, image (B, C, D, H, W) and out (B, C, D, H, W) float32 or bfloat16 (each
+    independently), in any memory format, ddf (B, 3, D, H, W) float32 in voxels: the same values (PyTorch's float32
+    arithmetic, in its order, the sampling grid computed per voxel instead of stored; a bfloat16 image read exactly,
+    a bfloat16 out rounded to nearest, ties to even), on all threads, about 2x faster than ``grid_sample`` cut into
+    slabs for 8 channels, and for bfloat16 features without a float32 copy of either. ``out`` must not share memory
+    with ``image``.
     """
     _set_threads(kernels)
-    kernels.trilinear_warp(
-        image.permute(0, 2, 3, 4, 1).numpy(), ddf.numpy(), out.permute(0, 2, 3, 4, 1).numpy(), border
-    )
+
+    def as_array(x: torch.Tensor) -> np.ndarray:  # (B, D, H, W, C): channels innermost, a view of x
+        x = x.permute(0, 2, 3, 4, 1)
+        return x.view(torch.int16).numpy().view(np.uint16) if x.dtype == torch.bfloat16 else x.numpy()
+
+    kernels.trilinear_warp(as_array(image), ddf.numpy(), as_array(out), border)
     return out
 
 

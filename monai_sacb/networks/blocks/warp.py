@@ -120,8 +120,14 @@ def warp_with_ddf(
     if kernels is not None:
         from monai_sacb.networks.blocks.numba_kernels import trilinear_warp_
 
-        warped = torch.empty(image.shape, dtype=dtype)
-        trilinear_warp_(image.to(dtype), ddf.to(dtype), warped, padding_mode == "border", kernels)
+        # the kernel reads bfloat16 and rounds into it itself (the same values as converting before and after);
+        # a result bound for ``out`` gets out's layout, so that copying it there is a plain copy
+        kept = image.dtype if image.dtype == torch.bfloat16 else dtype
+        if out is None:
+            warped = torch.empty(image.shape, dtype=kept)
+        else:
+            warped = torch.empty_like(out, dtype=kept if out.dtype == image.dtype else dtype)
+        trilinear_warp_(image.to(kept), ddf.to(dtype), warped, padding_mode == "border", kernels)
         return warped.to(image.dtype) if out is None else out.copy_(warped)
     grid = ddf_sampling_grid(ddf.to(dtype))
     chunks = _thread_chunks(image) if use_cpu_kernels(image) else 1

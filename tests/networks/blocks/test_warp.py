@@ -295,3 +295,36 @@ def test_compiled_warp_only_without_gradient_and_where_it_applies(compiled_warp_
     bfloat16 = warp_with_ddf(image.bfloat16(), ddf)  # sampled in float32 like grid_sample's path
     assert len(compiled_warp_calls) == 1 and bfloat16.dtype == torch.bfloat16
     assert torch.equal(bfloat16, warp_with_ddf(image.bfloat16().float(), ddf).bfloat16())
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("destination", ["new", "in_place", "float32_out", "other_layout_out"])
+def test_compiled_warp_of_bfloat16_rounds_like_pytorch(layout, destination, compiled_warp_calls, threads):
+    """A bfloat16 image is read and its result rounded by the kernel itself: the same bits as converting the image to
+    float32, grid_sample and converting back (ties to even, which half-voxel shifts of bfloat16 values produce
+    often), whatever the memory formats, into a new tensor or into ``out``, the image itself included."""
+    generator = torch.Generator().manual_seed(5)
+    image = torch.randn(1, 8, 6, 7, 9, generator=generator).bfloat16()
+    ddf = torch.randn(1, 3, 6, 7, 9, generator=generator) * 2
+    ddf[:, :, :3] = 0.5  # midway between voxels along every axis: sums of bfloat16 halves, ties when rounded
+    if layout == "channels_last":
+        image = image.contiguous(memory_format=torch.channels_last_3d)
+    sampled = F.grid_sample(image.float(), ddf_sampling_grid(ddf), align_corners=True)
+    expected = sampled.bfloat16()
+    ties = ((sampled.view(torch.int32) & 0xFFFF) == 0x8000).sum()  # float32 values midway between two bfloat16
+    out = {
+        "new": None,
+        "in_place": image,
+        "float32_out": torch.empty(image.shape),
+        "other_layout_out": torch.empty(image.shape, dtype=torch.bfloat16).contiguous(
+            memory_format=torch.contiguous_format if layout == "channels_last" else torch.channels_last_3d
+        ),
+    }[destination]
+    if destination == "float32_out":
+        expected = sampled
+    with torch.no_grad():
+        warped = warp_with_ddf(image, ddf, out=out)
+    assert len(compiled_warp_calls) == 1 and ties > 0
+    assert warped is out if out is not None else warped.dtype == torch.bfloat16
+    bits = torch.int32 if warped.dtype == torch.float32 else torch.int16
+    assert torch.equal(warped.contiguous().view(bits), expected.contiguous().view(bits))
