@@ -58,6 +58,7 @@ def main() -> None:
     import monai_sacb.inferers.pair as pair_module
     import monai_sacb.networks.nets.sacbnet as sacbnet_module
     from monai_sacb.inferers import PairInferer
+    from monai_sacb.networks.blocks.pair_stacking import use_stacked_pair
     from monai_sacb.utils import keep_freed_cpu_memory
 
     keep_freed_cpu_memory()
@@ -72,14 +73,21 @@ def main() -> None:
     flow_warp = _timed(totals, "flow warps", sacbnet_module.warp_with_ddf)
     sacbnet_module.warp_with_ddf = flow_warp
     net._with_warped_moving = _timed(totals, "feature warp", net._with_warped_moving)
+    net._stacked_with_warped_moving = _timed(totals, "feature warp", net._stacked_with_warped_moving)
     net._upsample = _timed(totals, "upsample", net._upsample)
     net.forward = _timed(totals, "network", net.forward)
     net.encoder.forward = _timed(totals, "encoder", net.encoder.forward)
     net.refine.forward = _timed(totals, "refine", net.refine.forward)
-    # the head runs layer by layer when the self-estimate is subtracted (one folded convolution besides)
-    for module in (net.head[0].conv, net.head[0].adn, *net.head[1:]):
-        module.forward = _timed(totals, "head", module.forward)
-    sacbnet_module.same_conv = _timed(totals, "head", sacbnet_module.same_conv)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.float32):
+        stacked = use_stacked_pair(torch.empty(1, 1, 1, 1, 1))
+    if stacked:  # bfloat16 inference with AMX: the full-resolution layers on the stacked pair (pair_stacking.py)
+        net.encoder.forward_stacked_pair = _timed(totals, "encoder", net.encoder.forward_stacked_pair)
+        sacbnet_module.stacked_conv_norm_act = _timed(totals, "refine", sacbnet_module.stacked_conv_norm_act)
+        net._stacked_head = _timed(totals, "head", net._stacked_head)
+    else:  # the head runs layer by layer when the self-estimate is subtracted (one folded convolution besides)
+        for module in (net.head[0].conv, net.head[0].adn, *net.head[1:]):
+            module.forward = _timed(totals, "head", module.forward)
+        sacbnet_module.same_conv = _timed(totals, "head", sacbnet_module.same_conv)
     for level, block in enumerate(net.sac_blocks, start=2):
         block.forward = _timed(totals, f"sac{level}", block.forward)
         block.kmeans.forward = _timed(totals, f"kmeans{level}", block.kmeans.forward)

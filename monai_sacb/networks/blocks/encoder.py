@@ -11,6 +11,7 @@ from torch import nn
 
 from monai_sacb.networks.blocks.conv import SameConv2d, SameConv3d
 from monai_sacb.networks.blocks.norm_act import InstanceNormLeakyReLU
+from monai_sacb.networks.blocks.pair_stacking import stacked_conv_norm_act, unstack_pair
 
 __all__ = ["conv_norm_act", "AvgPool2x", "PyramidEncoder"]
 
@@ -99,6 +100,27 @@ class PyramidEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []
         for level in self.levels:
+            x = level(x)
+            features.append(x)
+        return features
+
+    def forward_stacked_pair(self, pair: torch.Tensor) -> list[torch.Tensor]:
+        """
+        ``forward`` of two images stacked along channels, pair (B, 2 * in_channels, *S) ``[first | second]``: the
+        full-resolution level runs on the stacked pair (:py:mod:`~monai_sacb.networks.blocks.pair_stacking`) and is
+        returned stacked, (B, 2 * channels[0], *S); the coarser levels as ``forward`` returns them for the batch
+        ``[first; second]``, (2B, channels[l], *S / 2^l).
+        """
+        x = pair
+        for layer in self.levels[0]:
+            x = stacked_conv_norm_act(layer, x)
+        features = [x]
+        pool, *layers = self.levels[1]
+        x = unstack_pair(pool(x))  # pooling acts on each channel alone: pooled, then unstacked at 1/8 the size
+        for layer in layers:
+            x = layer(x)
+        features.append(x)
+        for level in self.levels[2:]:
             x = level(x)
             features.append(x)
         return features

@@ -10,6 +10,12 @@ from torch.nn import functional as F
 from monai_sacb.networks.blocks.conv import SameConv2d, SameConv3d, same_conv
 from monai_sacb.networks.blocks.encoder import PyramidEncoder, conv_norm_act
 from monai_sacb.networks.blocks.matching import similarity_matching_flow
+from monai_sacb.networks.blocks.pair_stacking import (
+    block_diagonal,
+    stack_pair,
+    stacked_conv_norm_act,
+    use_stacked_pair,
+)
 from monai_sacb.networks.blocks.sac import SACBlock
 from monai_sacb.networks.blocks.warp import linear_resize, warp_with_ddf
 from monai_sacb.networks.utils import (
@@ -210,6 +216,49 @@ class SACBNetBackbone(nn.Module):
         warp_with_ddf(moving_features, flow, out=moving_features)
         return features
 
+    def _head(self, features: torch.Tensor, batch: int) -> torch.Tensor:
+        """The head's increment from the refined full-resolution features of the batch [fixed; moving]."""
+        fixed, moving = features[:batch], features[batch:]
+        if not self.subtract_self_estimate:
+            return self.head(torch.cat([fixed, moving], dim=1))
+        # head(cat([fixed, fixed])) begins with a convolution that reads fixed twice: one convolution of fixed
+        # with the two halves of its weight summed; the rest runs as one batch (norms are per sample)
+        first = self.head[0]
+        weight = first.conv.weight
+        half = weight.shape[1] // 2
+        folded = (weight[:, :half] + weight[:, half:]).contiguous(memory_format=self._memory_format)
+        x = torch.cat([first.conv(torch.cat([fixed, moving], dim=1)), same_conv(fixed, folded, first.conv.bias)])
+        both = self.head[1:](first.adn(x))
+        return both[:batch] - self._weighted_self_estimate(both[batch:])
+
+    def _stacked_with_warped_moving(self, pair: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """Stacked features [fixed | moving] -> [fixed | moving warped by flow], overwriting the moving half."""
+        moving = pair[:, pair.shape[1] // 2 :]
+        warp_with_ddf(moving, flow, out=moving)
+        return pair
+
+    def _stacked_head(self, pair: torch.Tensor) -> torch.Tensor:
+        """
+        The head's increment from the stacked refined features [fixed | moving] (B, 2c, *S), as three convolutions of
+        the pair instead of two batches. With the self-estimate subtracted, the first convolution's 2c output
+        channels are the head's on [fixed | moving] and on [fixed | fixed] (the weight's halves summed, acting on
+        fixed alone), the second is block-diagonal, and the last computes ``head(moving) - head(self)`` at once:
+        the convolution is linear, so its weight on the pair is ``[w, -w]`` and the biases cancel (one bfloat16
+        rounding of the difference instead of two of the terms).
+        """
+        if not self.subtract_self_estimate:
+            return self.head(pair)  # the stacked pair is the head's input, cat([fixed, moving], dim=1)
+        first, second, last = self.head
+        width = pair.shape[1] // 2
+        weight, bias = first.conv.weight, first.conv.bias
+        folded = weight[:, :width] + weight[:, width:]
+        weight = torch.cat([weight, torch.cat([folded, torch.zeros_like(folded)], dim=1)])
+        x = first.adn(same_conv(pair, weight.contiguous(memory_format=self._memory_format), torch.cat([bias, bias])))
+        x = second.adn(same_conv(x, block_diagonal(second.conv.weight), torch.cat([second.conv.bias] * 2)))
+        share = self._self_estimate_weight_now()
+        weight = torch.cat([last.weight, -share * last.weight], dim=1).contiguous(memory_format=self._memory_format)
+        return same_conv(x, weight, (1.0 - share) * last.bias)
+
     def forward(self, pair: torch.Tensor) -> torch.Tensor:
         """
         Args:
@@ -246,12 +295,23 @@ class SACBNetBackbone(nn.Module):
         batch = fixed.shape[0]
         pyramid = self._encode(moving, fixed)
         # fresh [moving; fixed] tensors: decoding may overwrite the moving half of the pyramid it is given
-        swapped = [torch.cat([features[batch:], features[:batch]], dim=0) for features in pyramid]
+        swapped = [torch.cat([features[batch:], features[:batch]], dim=0) for features in pyramid[1:]]
+        if pyramid[0].shape[0] == batch:  # the full-resolution level of a stacked pair, [fixed | moving]
+            half = pyramid[0].shape[1] // 2
+            swapped.insert(0, stack_pair(pyramid[0][:, half:], pyramid[0][:, :half]))
+        else:
+            swapped.insert(0, torch.cat([pyramid[0][batch:], pyramid[0][:batch]], dim=0))
         backward = self._decode(swapped, batch)
         return self._decode(pyramid, batch), backward
 
     def _encode(self, moving: torch.Tensor, fixed: torch.Tensor) -> list[torch.Tensor]:
-        """Feature pyramid, finest first, of the batch [fixed; moving] (2B samples)."""
+        """
+        Feature pyramid, finest first, of the batch [fixed; moving] (2B samples); in bfloat16 CPU inference
+        (:py:func:`~monai_sacb.networks.blocks.pair_stacking.use_stacked_pair`) the full-resolution level is the
+        stacked pair [fixed | moving] instead, (B, 2 * 2c, *S).
+        """
+        if use_stacked_pair(fixed):
+            return self.encoder.forward_stacked_pair(stack_pair(fixed, moving))
         # moving and fixed share every layer; one batch of 2B runs each layer once
         return self.encoder(torch.cat([fixed, moving], dim=0).contiguous(memory_format=self._memory_format))
 
@@ -265,11 +325,17 @@ class SACBNetBackbone(nn.Module):
 
     def _weighted_self_estimate(self, estimate: torch.Tensor) -> torch.Tensor:
         """A self-estimate times ``self_estimate_weight`` in training mode; as it is in eval mode."""
-        weight = float(self.self_estimate_weight) if self.training else 1.0
+        weight = self._self_estimate_weight_now()
         return estimate if weight == 1.0 else estimate * weight
 
+    def _self_estimate_weight_now(self) -> float:
+        return float(self.self_estimate_weight) if self.training else 1.0
+
     def _decode(self, pyramid: list[torch.Tensor], batch: int) -> torch.Tensor:
-        """Coarse-to-fine ddf from a [fixed; moving] pyramid (may overwrite the moving half, see _with_warped_moving)."""
+        """
+        Coarse-to-fine ddf from a [fixed; moving] pyramid, whose finest level may be a stacked pair [fixed | moving]
+        (see _encode). May overwrite the moving half (see _with_warped_moving).
+        """
         flow = None
         for level in range(NUM_LEVELS - 1, 0, -1):  # 0-based levels 4..1, i.e. the paper's levels 5..2
             features = pyramid[level]
@@ -281,20 +347,13 @@ class SACBNetBackbone(nn.Module):
             flow = increment if flow is None else warp_with_ddf(flow, increment).add_(increment)
             flow = self._upsample(flow)
 
-        features = self.refine(self._with_warped_moving(pyramid[0], flow, batch))
-        fixed, moving = features[:batch], features[batch:]
-        if self.subtract_self_estimate:
-            # head(cat([fixed, fixed])) begins with a convolution that reads fixed twice: one convolution of fixed
-            # with the two halves of its weight summed; the rest runs as one batch (norms are per sample)
-            first = self.head[0]
-            weight = first.conv.weight
-            half = weight.shape[1] // 2
-            folded = (weight[:, :half] + weight[:, half:]).contiguous(memory_format=self._memory_format)
-            x = torch.cat([first.conv(torch.cat([fixed, moving], dim=1)), same_conv(fixed, folded, first.conv.bias)])
-            both = self.head[1:](first.adn(x))
-            increment = both[:batch] - self._weighted_self_estimate(both[batch:])
+        if pyramid[0].shape[0] == batch:  # a stacked pair, [fixed | moving] (see _encode)
+            features = self._stacked_with_warped_moving(pyramid[0], flow)
+            for layer in self.refine:
+                features = stacked_conv_norm_act(layer, features)
+            increment = self._stacked_head(features)
         else:
-            increment = self.head(torch.cat([fixed, moving], dim=1))
+            increment = self._head(self.refine(self._with_warped_moving(pyramid[0], flow, batch)), batch)
         increment = increment.to(torch.promote_types(increment.dtype, torch.float32))
         return warp_with_ddf(flow, increment).add_(increment)
 

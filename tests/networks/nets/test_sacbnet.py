@@ -13,6 +13,7 @@ from monai.networks.blocks import Warp
 from monai_sacb.networks import SACBNet, SACBNetBackbone
 from monai_sacb.networks.blocks import warp_with_ddf
 from monai_sacb.networks.nets import sacbnet as sacbnet_module
+from monai_sacb.networks.utils import cpu_bfloat16_is_fast
 
 pytestmark = pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp")
 
@@ -230,6 +231,50 @@ def test_subtract_self_estimate_keeps_an_image_registered_to_itself_in_place(spa
         # and it still registers different images
         assert referenced(torch.cat([other, image], dim=1)).abs().mean() > 0.05
     assert _count(referenced) == _count(plain)
+
+
+@pytest.mark.parametrize("subtract_self, training", [(False, False), (True, False), (True, True)])
+def test_full_resolution_on_the_stacked_pair_gives_the_batch_ddf(subtract_self, training, image_pair, monkeypatch):
+    """The layout of bfloat16 CPU inference with AMX (pair_stacking.py), taken here in float32 where it computes the
+    same function as the batch layout up to rounding: both directions, the self-estimate and its training weight
+    (the head's last convolution then holds [w, -weight * w] and the bias (1 - weight) * b)."""
+    net = _net(num_clusters=3, subtract_self_estimate=subtract_self).backbone.train(training)
+    net.self_estimate_weight = 0.3
+    moving, fixed = image_pair((2, 1, 32, 48, 16), seed=25)
+    pair = torch.cat([moving, fixed], dim=1)
+    with torch.no_grad():
+        expected, expected_back = net(pair), net.forward_both_ways(pair)[1]
+        calls = []
+        monkeypatch.setattr(sacbnet_module, "use_stacked_pair", lambda x: calls.append(x.shape) or True)
+        stacked, stacked_back = net(pair), net.forward_both_ways(pair)[1]
+    assert len(calls) == 2
+    for result, reference in ((stacked, expected), (stacked_back, expected_back)):
+        # float32 sums in another order: a few voxels 1e-4 apart, the k-means assignments unchanged
+        torch.testing.assert_close(result, reference, rtol=1e-3, atol=1e-3)
+        assert (result - reference).abs().mean() < 2e-5
+    assert expected.abs().max() > 0.1
+
+
+@pytest.mark.skipif(not cpu_bfloat16_is_fast(), reason="needs a CPU with AMX and oneDNN bfloat16")
+def test_bfloat16_cpu_inference_runs_the_stacked_pair_and_agrees_with_the_batch(bundle_state_dict, monkeypatch):
+    net = SACBNetBackbone(subtract_self_estimate=True).eval()
+    net.load_state_dict(bundle_state_dict)
+    moving, fixed = _smooth_pair((48, 64, 48))
+    pair = torch.cat([moving, fixed], dim=1)
+    calls = []
+    stacked_encoder = net.encoder.forward_stacked_pair
+    monkeypatch.setattr(net.encoder, "forward_stacked_pair", lambda x: calls.append(x.shape) or stacked_encoder(x))
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            stacked = net(pair)
+            monkeypatch.setattr(sacbnet_module, "use_stacked_pair", lambda x: False)
+            batch = net(pair)
+        float32 = net(pair)
+    assert calls == [(1, 2, 48, 64, 48)]
+    # the two layouts differ by bfloat16 rounding: about as much as bfloat16 differs from float32
+    rounding = (batch - float32).abs().mean()
+    assert (stacked - batch).abs().mean() < 2 * rounding < 0.2 * float32.abs().mean()
+    assert (stacked - float32).abs().mean() < 2 * rounding
 
 
 @pytest.mark.parametrize("name", ["subtract_self_estimate", "allow_nonfinite"])
