@@ -12,6 +12,7 @@ from torch import nn
 from monai_sacb.networks.blocks.conv import SameConv2d, SameConv3d
 from monai_sacb.networks.blocks.norm_act import InstanceNormLeakyReLU
 from monai_sacb.networks.blocks.pair_stacking import stacked_conv_norm_act, unstack_pair
+from monai_sacb.networks.utils import compiled_cpu_kernels
 
 __all__ = ["conv_norm_act", "AvgPool2x", "PyramidEncoder"]
 
@@ -39,6 +40,9 @@ class AvgPool2x(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        compiled = _compiled_average_pool(x)
+        if compiled is not None:
+            return compiled
         out = x
         for axis in range(2, x.ndim):
             size = out.shape[axis] - out.shape[axis] % 2
@@ -47,6 +51,23 @@ class AvgPool2x(nn.Module):
             even[axis], odd[axis] = slice(0, size, 2), slice(1, size, 2)
             out = out[tuple(even)] + out[tuple(odd)]
         return out.mul_(0.5 ** (x.ndim - 2))
+
+
+def _compiled_average_pool(x: torch.Tensor) -> torch.Tensor | None:
+    """
+    The pooling of 3D bfloat16 CPU features without gradient (inference under bfloat16 autocast) from the compiled
+    kernel (:py:func:`~monai_sacb.networks.blocks.numba_kernels.bfloat16_average_pool_twice`): one pass, the mean
+    rounded once (the eager bfloat16 code rounds after each of its three additions); None elsewhere (float32
+    results never depend on whether numba is installed).
+    """
+    if x.ndim != 5 or x.dtype != torch.bfloat16:
+        return None
+    kernels = compiled_cpu_kernels(x)
+    if kernels is None:
+        return None
+    from monai_sacb.networks.blocks.numba_kernels import bfloat16_average_pool_twice
+
+    return bfloat16_average_pool_twice(x, kernels)
 
 
 class PyramidEncoder(nn.Module):

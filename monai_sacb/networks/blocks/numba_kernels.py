@@ -38,7 +38,16 @@ try:
 except ImportError:  # optional: the callers fall back to eager PyTorch
     numba = None
 
-__all__ = ["numba_kernels", "bfloat16_instance_norm_leaky_relu_", "trilinear_warp_", "bfloat16_neighbour_products", "bfloat16_kmeans", "bfloat16_local_mean"]
+__all__ = [
+    "numba_kernels",
+    "bfloat16_instance_norm_leaky_relu_",
+    "trilinear_warp_",
+    "bfloat16_neighbour_products",
+    "bfloat16_kmeans",
+    "bfloat16_local_mean",
+    "bfloat16_average_pool_twice",
+    "float32_upsample_twice",
+]
 
 # work items per sample for the threads: small enough to balance, large enough to stream a few MB each
 _BLOCKS_PER_SAMPLE = 32
@@ -452,6 +461,81 @@ if numba is not None:
                         chunk_bits[d, i - first] = np.uint32(points[b, i, d]) << 16
                 _nearest_centres(chunk, 0, last - first, centres, centre_norms, chunk_best, labels_out[b, first:last])
 
+    @_jit(parallel=True, error_model="numpy")
+    def _average_pool_twice(x, out):
+        """
+        out (B, D // 2, H // 2, W // 2, C) <- the mean of each 2x2x2 cell of x (B, D, H, W, C), both bfloat16 bits
+        with channels innermost: the eight values summed in float32 (exact for bfloat16 values of similar
+        magnitude), halved three times, rounded once. Odd sizes drop their last row, as ``avg_pool3d`` does.
+        """
+        batch, depth, height, width, channels = out.shape
+        eighth = np.float32(0.125)
+        for task in numba.prange(batch * depth):
+            b, z = task // depth, task % depth
+            sums = np.empty((2 * width, channels), np.float32)
+            for y in range(height):
+                sums[:] = 0
+                for dz in range(2):
+                    for dy in range(2):
+                        source = x[b, 2 * z + dz, 2 * y + dy]
+                        for i in range(2 * width):
+                            for c in range(channels):
+                                sums[i, c] += _bfloat16_value(source[i, c])
+                target = out[b, z, y]
+                for i in range(width):
+                    for c in range(channels):
+                        mean = (sums[2 * i, c] + sums[2 * i + 1, c]) * eighth
+                        target[i, c] = _rounded_to_bfloat16(_bits_of_float32(mean))
+
+    @_jit(inline="always")
+    def _align_corners_scale(size, out_size):
+        """Input voxels per output voxel with align_corners, as PyTorch computes it (in float32)."""
+        return np.float32(size - 1) / np.float32(out_size - 1) if out_size > 1 else np.float32(0)
+
+    @_jit(inline="always")
+    def _linear_source(scale, index, size):
+        """align_corners source of an output index: the lower input index, the upper one and the upper weight."""
+        position = scale * np.float32(index)
+        low = min(np.int64(np.floor(position)), size - 1)
+        weight = min(max(position - np.float32(low), np.float32(0)), np.float32(1))
+        return low, low + (1 if low < size - 1 else 0), weight
+
+    # fused multiply-adds where PyTorch's compiled kernel has them: the same values as F.interpolate on the CPUs
+    # seen (Xeon with AVX-512); only bfloat16 inference uses it, so float32 results never depend on it
+    @_jit(parallel=True, error_model="numpy", fastmath={"contract"})
+    def _upsample_twice(x, out, factor):
+        """
+        out (B, C, D', H', W') <- factor * trilinear interpolation of x (B, C, D, H, W) with ``align_corners=True``,
+        float32, contiguous: ``F.interpolate(factor * x, size=out.shape[2:], mode="trilinear", align_corners=True)``
+        in PyTorch's order (linear along the last axis, then the one before, then the first).
+        """
+        batch, channels, depth, height, width = x.shape
+        out_depth, out_height, out_width = out.shape[2:]
+        scale_z, scale_y = _align_corners_scale(depth, out_depth), _align_corners_scale(height, out_height)
+        scale_x = _align_corners_scale(width, out_width)
+        low_x, high_x = np.empty(out_width, np.int64), np.empty(out_width, np.int64)
+        weight_x = np.empty(out_width, np.float32)
+        for i in range(out_width):
+            low_x[i], high_x[i], weight_x[i] = _linear_source(scale_x, i, width)
+        for task in numba.prange(batch * channels * out_depth):
+            b, c, z = task // (channels * out_depth), (task // out_depth) % channels, task % out_depth
+            z0, z1, wz = _linear_source(scale_z, z, depth)
+            for y in range(out_height):
+                y0, y1, wy = _linear_source(scale_y, y, height)
+                near_low, near_high = x[b, c, z0, y0], x[b, c, z0, y1]
+                far_low, far_high = x[b, c, z1, y0], x[b, c, z1, y1]
+                row = out[b, c, z, y]
+                for i in range(out_width):
+                    j0, j1, wx = low_x[i], high_x[i], weight_x[i]
+                    vx = np.float32(1) - wx
+                    near = (np.float32(1) - wy) * (vx * near_low[j0] + wx * near_low[j1]) + wy * (
+                        vx * near_high[j0] + wx * near_high[j1]
+                    )
+                    far = (np.float32(1) - wy) * (vx * far_low[j0] + wx * far_low[j1]) + wy * (
+                        vx * far_high[j0] + wx * far_high[j1]
+                    )
+                    row[i] = factor * ((np.float32(1) - wz) * near + wz * far)
+
     _KERNELS = SimpleNamespace(
         numba=numba,
         shifted_sums=_shifted_sums,
@@ -461,6 +545,8 @@ if numba is not None:
         neighbour_products=_neighbour_products,
         kmeans=_kmeans,
         local_mean=_local_mean,
+        average_pool_twice=_average_pool_twice,
+        upsample_twice=_upsample_twice,
     )
 
 
@@ -585,4 +671,31 @@ def bfloat16_local_mean(x: torch.Tensor, kernels: SimpleNamespace) -> torch.Tens
     out = torch.empty_like(x)
     as_bits = lambda t: t.permute(0, 2, 3, 4, 1).view(torch.int16).numpy().view(np.uint16)  # noqa: E731
     kernels.local_mean(as_bits(x), as_bits(out))
+    return out
+
+
+def bfloat16_average_pool_twice(x: torch.Tensor, kernels: SimpleNamespace) -> torch.Tensor:
+    """
+    ``avg_pool3d(x, 2)`` of a bfloat16 CPU x (B, C, D, H, W), any memory format, as the exact float32 mean of each
+    cell rounded once (:py:class:`~monai_sacb.networks.blocks.AvgPool2x` in eager bfloat16 rounds after each of its
+    three additions). Returns a new channels-last bfloat16 tensor.
+    """
+    _set_threads(kernels)
+    shape = (*x.shape[:2], *(size // 2 for size in x.shape[2:]))
+    out = torch.empty(shape, dtype=torch.bfloat16, memory_format=torch.channels_last_3d)
+    as_bits = lambda t: t.permute(0, 2, 3, 4, 1).view(torch.int16).numpy().view(np.uint16)  # noqa: E731
+    kernels.average_pool_twice(as_bits(x), as_bits(out))
+    return out
+
+
+def float32_upsample_twice(x: torch.Tensor, factor: float, kernels: SimpleNamespace) -> torch.Tensor:
+    """
+    ``F.interpolate(factor * x, scale_factor=2, mode="trilinear", align_corners=True)`` of a float32 CPU x
+    (B, C, D, H, W): the same values as PyTorch's kernel on the CPUs seen (fused multiply-adds where it has them),
+    on all threads, in about half its time. Returns a new contiguous tensor.
+    """
+    _set_threads(kernels)
+    x = x.contiguous()
+    out = torch.empty((*x.shape[:2], *(2 * size for size in x.shape[2:])), dtype=torch.float32)
+    kernels.upsample_twice(x.numpy(), out.numpy(), np.float32(factor))
     return out

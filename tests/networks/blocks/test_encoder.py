@@ -64,3 +64,27 @@ def test_avg_pool_2x_equals_avg_pool_and_keeps_layout(shape, channels_last):
         assert out.is_contiguous(memory_format=layout)
     grad = torch.randn(out.shape, dtype=out.dtype)
     torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 10, 8, 12), (1, 3, 7, 5, 9), (2, 4, 2, 3, 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_compiled_bfloat16_pooling_is_the_rounded_exact_mean(shape, channels_last, monkeypatch):
+    """bfloat16 features without gradient where numba is installed: the exact mean of each 2x2x2 cell rounded once
+    to bfloat16 (odd sizes drop their last row, as avg_pool3d); channels-last out. Float32 keeps the eager code."""
+    pytest.importorskip("numba")
+    from monai_sacb.networks.blocks import encoder as encoder_module
+
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 3 + 1).bfloat16()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        out = AvgPool2x()(x)
+        assert encoder_module._compiled_average_pool(x.float()) is None  # float32 must not depend on numba
+        assert encoder_module._compiled_average_pool(x[..., 0]) is None  # 2D
+    assert encoder_module._compiled_average_pool(x.clone().requires_grad_()) is None
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(out, torch.nn.functional.avg_pool3d(x.double(), 2).bfloat16())
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "0")
+    eager = AvgPool2x()(x)  # three bfloat16 roundings: close, often not the same
+    torch.testing.assert_close(eager.float(), out.float(), rtol=2**-6, atol=1e-2)

@@ -277,6 +277,32 @@ def test_bfloat16_cpu_inference_runs_the_stacked_pair_and_agrees_with_the_batch(
     assert (stacked - float32).abs().mean() < 2 * rounding
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 5, 6, 5), (2, 3, 1, 4, 3), (1, 3, 20, 24, 20)])
+def test_flow_upsampling_of_bfloat16_inference_is_pytorchs(shape, monkeypatch):
+    """Under CPU bfloat16 autocast (no gradient, numba installed) the float32 flows are upsampled by a compiled
+    kernel: F.interpolate's values (its fused multiply-adds included: the same bits on the CPUs seen); float32
+    inference keeps F.interpolate itself."""
+    pytest.importorskip("numba")
+    from monai_sacb.networks.blocks import numba_kernels
+
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
+    calls = []
+    original = numba_kernels.float32_upsample_twice
+    monkeypatch.setattr(numba_kernels, "float32_upsample_twice", lambda *a: calls.append(1) or original(*a))
+    net = SACBNetBackbone()
+    flow = torch.randn(shape, generator=torch.Generator().manual_seed(4)) * 3
+    expected = torch.nn.functional.interpolate(2 * flow, scale_factor=2, mode="trilinear", align_corners=True)
+    with torch.no_grad():
+        assert torch.equal(net._upsample(flow), expected) and not calls
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            upsampled = net._upsample(flow)
+    assert calls == [1] and upsampled.dtype == torch.float32
+    torch.testing.assert_close(upsampled, expected, rtol=3e-7, atol=1e-6)  # a few float32 steps at most
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net._upsample(flow.requires_grad_())  # autograd: F.interpolate
+    assert calls == [1]
+
+
 @pytest.mark.parametrize("name", ["subtract_self_estimate", "allow_nonfinite"])
 def test_flags_refuse_strings(name):
     with pytest.raises(ValueError, match=f"network_def#{name} False"):
