@@ -3,14 +3,17 @@
 """
 The optional compiled CPU kernels (``monai_sacb.networks.blocks.numba_kernels``, ``pip install -e ".[fast]"``) against
 the eager PyTorch code they replace, in one run, on the tensors of a bfloat16 inference pass at ``--size``: the
-bfloat16 instance norm + LeakyReLU of SACBNet's levels (two images per batch, channels-last), and the float32
+bfloat16 instance norm + LeakyReLU of SACBNet's levels (two images per batch, channels-last), the float32
 trilinear warp without gradient of 8-channel features, a 3-channel flow and a 1-channel image along a smooth field,
-and the similarity matching of bfloat16 features at levels 2 and 3 (the fixed features against the warped moving
-ones, and against themselves, as ``subtract_self_estimate`` does).
+the in-place warp of bfloat16 features (the moving half of a batch), the 2x average pooling of bfloat16 features,
+the x2 upsampling of a float32 flow under bfloat16 autocast, and the similarity matching of bfloat16 features at
+levels 2 and 3 (the fixed features against the warped moving ones, and against themselves, as
+``subtract_self_estimate`` does).
 The table gives the median and the fastest of ``--repeats`` calls of each (ms), their ratio, and the largest
-difference between the two outputs (the warp: 0, the same bits; the norm: at most a rare step of bfloat16, since
-its statistics are summed in another order; the matching: float32 rounding of the flow, its channel sums being
-summed in another order). The network uses the compiled norm from 2^20 values up
+difference between the two outputs (the warps and the upsampling: 0, the same bits; the norm: at most a rare step
+of bfloat16, since its statistics are summed in another order; the pooling: a bfloat16 step where the eager code's
+three roundings differ from the one of the exact mean; the matching: float32 rounding of the flow, its channel sums
+being summed in another order). The network uses the compiled norm from 2^20 values up
 (``norm_act._NUMBA_MIN_ELEMENTS``), where it is faster; this table measures it at every level.
 
     python benchmarks/bench_numba_kernels.py --threads 2
@@ -27,7 +30,14 @@ import time
 import torch
 from torch.nn import functional as F
 
-from monai_sacb.networks.blocks import instance_norm_leaky_relu, norm_act, similarity_matching_flow, warp_with_ddf
+from monai_sacb.networks import SACBNetBackbone
+from monai_sacb.networks.blocks import (
+    AvgPool2x,
+    instance_norm_leaky_relu,
+    norm_act,
+    similarity_matching_flow,
+    warp_with_ddf,
+)
 from monai_sacb.networks.blocks.numba_kernels import numba_kernels
 
 
@@ -75,6 +85,26 @@ def main() -> None:
                 image = image.contiguous(memory_format=torch.channels_last_3d)
             eager, compiled, diff = _both(lambda t: warp_with_ddf(t, ddf), lambda: image, args.repeats)
             rows.append((f"float32 trilinear warp, {channels} channel(s) at {size}", eager, compiled, diff))
+        # the feature warp of a bfloat16 pass: the moving half of the features, overwritten in place
+        features = torch.randn(2, 8, *size, generator=generator).bfloat16()
+        features = features.contiguous(memory_format=torch.channels_last_3d)
+        eager, compiled, diff = _both(
+            lambda t: warp_with_ddf(t[1:], ddf, out=t[1:]), features.clone, args.repeats
+        )
+        rows.append((f"bfloat16 feature warp in place, 8 channels at {size}", eager, compiled, diff))
+        pooled = torch.randn(1, 16, *size, generator=generator).bfloat16()
+        pooled = pooled.contiguous(memory_format=torch.channels_last_3d)
+        eager, compiled, diff = _both(AvgPool2x(), lambda: pooled, args.repeats)
+        rows.append((f"bfloat16 2x average pooling, {tuple(pooled.shape)}", eager, compiled, diff))
+        flow = torch.randn(1, 3, *[s // 2 for s in size], generator=generator) * 3
+        network = SACBNetBackbone()
+
+        def upsample(t):
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # where the network uses the compiled kernel
+                return network._upsample(t)
+
+        eager, compiled, diff = _both(upsample, lambda: flow, args.repeats)
+        rows.append((f"float32 flow x2 upsampling, {tuple(flow.shape)} -> {size}", eager, compiled, diff))
         for level, channels in ((1, 16), (2, 32)):
             shape = (1, channels, *[s >> level for s in size])
             layout = torch.channels_last_3d
