@@ -560,9 +560,9 @@ def bfloat16_instance_norm_leaky_relu_(
     """
     ``leaky_relu(instance_norm(x))`` written into x, for a bfloat16 CPU x viewed as rows of whole voxels (G, N, R),
     the values of ``channels`` channels repeating along each row (``norm_act._voxel_major_rows``). The statistics
-    are float64 sums of x minus a shift near each channel's mean (as exact as a centred two-pass formula); the
-    result is computed in float32 and rounded to bfloat16 like PyTorch. One read for the statistics, one read and
-    write for the result.
+    are sums of x minus a shift near each channel's mean (as exact as a centred two-pass formula), in float32 over
+    32 rows and float64 beyond; the result is computed in float32 and rounded to bfloat16 like PyTorch. One read
+    for the statistics, one read and write for the result.
     """
     groups, num_rows, width = rows.shape
     repeats = width // channels
