@@ -174,6 +174,21 @@ if numba is not None:
                     y = (_bfloat16_value(row[j]) - m[j]) * s[j]
                     row[j] = _rounded_to_bfloat16(_bits_of_float32(y if y > 0 else y * negative_slope))
 
+    @_jit(inline="always")
+    def _cell_sum(image, b, z0, y0, x0, c, tnw, tne, tsw, tse, bnw, bne, bsw, bse):
+        """The weighted sum of channel c over the eight corners of the cell from (z0, y0, x0), in grid_sample's order."""
+        z1, y1, x1 = z0 + 1, y0 + 1, x0 + 1
+        value = np.float32(0)
+        value += _as_float32(image[b, z0, y0, x0, c]) * tnw
+        value += _as_float32(image[b, z0, y0, x1, c]) * tne
+        value += _as_float32(image[b, z0, y1, x0, c]) * tsw
+        value += _as_float32(image[b, z0, y1, x1, c]) * tse
+        value += _as_float32(image[b, z1, y0, x0, c]) * bnw
+        value += _as_float32(image[b, z1, y0, x1, c]) * bne
+        value += _as_float32(image[b, z1, y1, x0, c]) * bsw
+        value += _as_float32(image[b, z1, y1, x1, c]) * bse
+        return value
+
     @_jit(parallel=True, error_model="numpy")
     def _trilinear_warp(image, ddf, out, border):
         """
@@ -227,16 +242,12 @@ if numba is not None:
                     in_y0, in_y1 = 0 <= y0 < height, 0 <= y1 < height
                     in_z0, in_z1 = 0 <= z0 < depth, 0 <= z1 < depth
                     if in_x0 and in_x1 and in_y0 and in_y1 and in_z0 and in_z1:  # inside: no tests per channel
+                        if channels == 1:  # an image: without the channel loop, a third faster
+                            value = _cell_sum(image, b, z0, y0, x0, 0, tnw, tne, tsw, tse, bnw, bne, bsw, bse)
+                            out[b, z, y, x, 0] = _in_dtype_of(out, value)
+                            continue
                         for c in range(channels):
-                            value = zero
-                            value += _as_float32(image[b, z0, y0, x0, c]) * tnw
-                            value += _as_float32(image[b, z0, y0, x1, c]) * tne
-                            value += _as_float32(image[b, z0, y1, x0, c]) * tsw
-                            value += _as_float32(image[b, z0, y1, x1, c]) * tse
-                            value += _as_float32(image[b, z1, y0, x0, c]) * bnw
-                            value += _as_float32(image[b, z1, y0, x1, c]) * bne
-                            value += _as_float32(image[b, z1, y1, x0, c]) * bsw
-                            value += _as_float32(image[b, z1, y1, x1, c]) * bse
+                            value = _cell_sum(image, b, z0, y0, x0, c, tnw, tne, tsw, tse, bnw, bne, bsw, bse)
                             out[b, z, y, x, c] = _in_dtype_of(out, value)
                         continue
                     for c in range(channels):
