@@ -61,7 +61,9 @@ class SACBNetBackbone(nn.Module):
 
     Beyond the published code: 2D as well as 3D, any batch size, any input size divisible by 16, CPU or CUDA,
     ``torch.autocast`` (k-means and matching run in float32), and a deterministic k-means (seeded k-means++ and
-    a fixed number of iterations), so the same input and weights give the same output on every call.
+    a fixed number of iterations), so the same input and weights give the same output on every call. Under CPU
+    bfloat16 autocast on a CPU with AMX, inference runs the full-resolution layers on the pair stacked along
+    channels (:py:mod:`~monai_sacb.networks.blocks.pair_stacking`: the same function, in less time).
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
