@@ -176,7 +176,7 @@ if numba is not None:
 
     @_jit(inline="always")
     def _cell_sum(image, b, z0, y0, x0, c, tnw, tne, tsw, tse, bnw, bne, bsw, bse):
-        """The weighted sum of channel c over the eight corners of the cell from (z0, y0, x0), in grid_sample's order."""
+        """Weighted sum of channel c over the eight corners of the cell from (z0, y0, x0), in grid_sample's order."""
         z1, y1, x1 = z0 + 1, y0 + 1, x0 + 1
         value = np.float32(0)
         value += _as_float32(image[b, z0, y0, x0, c]) * tnw
@@ -689,11 +689,12 @@ def bfloat16_average_pool_twice(x: torch.Tensor, kernels: SimpleNamespace) -> to
     """
     ``avg_pool3d(x, 2)`` of a bfloat16 CPU x (B, C, D, H, W), any memory format, as the exact float32 mean of each
     cell rounded once (:py:class:`~monai_sacb.networks.blocks.AvgPool2x` in eager bfloat16 rounds after each of its
-    three additions). Returns a new channels-last bfloat16 tensor.
+    three additions). Returns a new bfloat16 tensor, channels-last unless x is contiguous.
     """
     _set_threads(kernels)
     shape = (*x.shape[:2], *(size // 2 for size in x.shape[2:]))
-    out = torch.empty(shape, dtype=torch.bfloat16, memory_format=torch.channels_last_3d)
+    layout = torch.contiguous_format if x.is_contiguous() else torch.channels_last_3d
+    out = torch.empty(shape, dtype=torch.bfloat16, memory_format=layout)
     as_bits = lambda t: t.permute(0, 2, 3, 4, 1).view(torch.int16).numpy().view(np.uint16)  # noqa: E731
     kernels.average_pool_twice(as_bits(x), as_bits(out))
     return out

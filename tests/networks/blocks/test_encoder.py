@@ -70,7 +70,7 @@ def test_avg_pool_2x_equals_avg_pool_and_keeps_layout(shape, channels_last):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_compiled_bfloat16_pooling_is_the_rounded_exact_mean(shape, channels_last, monkeypatch):
     """bfloat16 features without gradient where numba is installed: the exact mean of each 2x2x2 cell rounded once
-    to bfloat16 (odd sizes drop their last row, as avg_pool3d); channels-last out. Float32 keeps the eager code."""
+    to bfloat16 (odd sizes drop their last row, as avg_pool3d), in x's memory format. Float32 keeps the eager code."""
     pytest.importorskip("numba")
     from monai_sacb.networks.blocks import encoder as encoder_module
 
@@ -83,7 +83,8 @@ def test_compiled_bfloat16_pooling_is_the_rounded_exact_mean(shape, channels_las
         assert encoder_module._compiled_average_pool(x.float()) is None  # float32 must not depend on numba
         assert encoder_module._compiled_average_pool(x[..., 0]) is None  # 2D
     assert encoder_module._compiled_average_pool(x.clone().requires_grad_()) is None
-    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last_3d)
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=layout)  # x's memory format, as eager
     assert torch.equal(out, torch.nn.functional.avg_pool3d(x.double(), 2).bfloat16())
     monkeypatch.setenv("MONAI_SACB_NUMBA", "0")
     eager = AvgPool2x()(x)  # three bfloat16 roundings: close, often not the same
