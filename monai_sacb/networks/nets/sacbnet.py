@@ -11,7 +11,6 @@ from monai_sacb.networks.blocks.conv import SameConv2d, SameConv3d, same_conv
 from monai_sacb.networks.blocks.encoder import PyramidEncoder, conv_norm_act
 from monai_sacb.networks.blocks.matching import similarity_matching_flow
 from monai_sacb.networks.blocks.pair_stacking import (
-    block_diagonal,
     stack_pair,
     stacked_conv_norm_act,
     use_stacked_pair,
@@ -275,7 +274,7 @@ class SACBNetBackbone(nn.Module):
         folded = weight[:, :width] + weight[:, width:]
         weight = torch.cat([weight, torch.cat([folded, torch.zeros_like(folded)], dim=1)])
         x = first.adn(same_conv(pair, weight.contiguous(memory_format=self._memory_format), torch.cat([bias, bias])))
-        x = second.adn(same_conv(x, block_diagonal(second.conv.weight), torch.cat([second.conv.bias] * 2)))
+        x = stacked_conv_norm_act(second, x)
         share = self._self_estimate_weight_now()
         weight = torch.cat([last.weight, -share * last.weight], dim=1).contiguous(memory_format=self._memory_format)
         return same_conv(x, weight, (1.0 - share) * last.bias)
