@@ -16,26 +16,35 @@ __all__ = ["cluster_adaptive_conv"]
 
 def _stacked_kernels_conv(x, weight, gains, assignments, bias):
     """One convolution per sample with the K cluster kernels stacked (K x C_out channels), then a row gather."""
+    batch, out_channels, spatial_shape = x.shape[0], weight.shape[0], x.shape[2:]
+    row_offsets = torch.arange(x[0, 0].numel(), device=x.device) * gains.shape[1]
+    selected = [
+        rows.reshape(-1, out_channels).index_select(0, row_offsets + assignments[b])
+        for b, rows in enumerate(stacked_kernels_rows(x, weight, gains, bias))
+    ]
+    return torch.stack(selected).view(batch, *spatial_shape, out_channels).movedim(-1, 1)
+
+
+def stacked_kernels_rows(x, weight, gains, bias):
+    """
+    The "stacked" form's convolutions, sample by sample: (N, K * C_out) rows per sample, each voxel's row holding
+    its outputs under the K cluster kernels (``conv(x, weight * gains[k]) + bias[k]`` in columns k * C_out onwards).
+    """
     spatial_dims = x.ndim - 2
-    batch, in_channels, *spatial_shape = x.shape
+    batch, in_channels = x.shape[:2]
     out_channels, num_taps, num_clusters = weight.shape[0], 3**spatial_dims, gains.shape[1]
     taps = weight.reshape(1, 1, out_channels, in_channels, num_taps)
     kernels = (taps * gains.reshape(batch, num_clusters, 1, 1, num_taps)).reshape(
         batch, num_clusters * out_channels, in_channels, *weight.shape[2:]
     )
     layout = channels_last_format(spatial_dims)
-    num_voxels = x[0, 0].numel()
-    row_offsets = torch.arange(num_voxels, device=x.device) * num_clusters
-    selected = []
     for b in range(batch):
         stacked = same_conv(
             x[b : b + 1].contiguous(memory_format=layout),
             kernels[b].contiguous(memory_format=layout),
             None if bias is None else bias[b].reshape(-1),
         )  # (1, K * C_out, *S), channels-last: each voxel's K x C_out values are contiguous
-        rows = stacked.movedim(1, -1).reshape(num_voxels * num_clusters, out_channels)
-        selected.append(rows.index_select(0, row_offsets + assignments[b]))
-    return torch.stack(selected).view(batch, *spatial_shape, out_channels).movedim(-1, 1)
+        yield stacked.movedim(1, -1).reshape(-1, num_clusters * out_channels)
 
 
 # patches of this many bytes are built at a time: large enough for few Python-level steps, small enough to be

@@ -19,7 +19,7 @@ __all__ = ["similarity_matching_flow", "SimilarityMatching"]
 _SLAB_ELEMENTS = 2**18
 
 
-def similarity_matching_flow(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+def similarity_matching_flow(moving: torch.Tensor, fixed: torch.Tensor, subtract_self_match: bool = False) -> torch.Tensor:
     """
     Parameter-free flow estimate from feature similarity over a 3x3(x3) search window.
 
@@ -33,25 +33,32 @@ def similarity_matching_flow(moving: torch.Tensor, fixed: torch.Tensor) -> torch
     is that of offset v at p - v: the same products, whose channel sums can differ from a separate computation
     in the last bit. 3D bfloat16 features on the CPU without gradient (inference under bfloat16 autocast) take
     a compiled kernel where numba is installed (:py:mod:`~monai_sacb.networks.blocks.numba_kernels`): the same
-    scores up to float32 rounding of the channel sums, in less than half the time.
+    scores up to float32 rounding of the channel sums and a softmax equal to about 1 ulp, a row of voxels at a
+    time (the 3^d score maps are never stored), in about a third of the time.
 
     Args:
         moving: (B, C, *S) moving features, already warped by the current estimate.
         fixed: (B, C, *S) fixed features, same shape.
+        subtract_self_match: return ``flow(moving, fixed) - flow(fixed, fixed)``: less what the fixed features
+            matched with themselves give (the bias of the unnormalised scores that
+            ``SACBNetBackbone(subtract_self_estimate=True)`` removes); features equal to fixed then give zero.
 
     Returns:
         (B, spatial_dims, *S) displacement in voxels of this grid, channel i along spatial axis i.
     """
     if moving.shape != fixed.shape:
         raise ValueError(f"moving and fixed features must have one shape, got {tuple(moving.shape)} and {tuple(fixed.shape)}.")
+    compiled = _compiled_flow(moving, fixed, subtract_self_match)
+    if compiled is not None:
+        return compiled
     offsets = list(itertools.product((-1, 0, 1), repeat=fixed.ndim - 2))
     with torch.autocast(fixed.device.type, enabled=False):
-        scores = _compiled_scores(moving, fixed)
-        if scores is None:
-            scores = _scores(moving, fixed, offsets)
-        prob = torch.softmax(scores, dim=1)  # (B, 3^d, *S)
+        prob = torch.softmax(_scores(moving, fixed, offsets), dim=1)  # (B, 3^d, *S)
         vectors = torch.tensor(offsets, dtype=prob.dtype, device=prob.device)  # (3^d, d)
-        return torch.einsum("bt...,td->bd...", prob, vectors)
+        flow = torch.einsum("bt...,td->bd...", prob, vectors)
+    if subtract_self_match:
+        flow = flow - similarity_matching_flow(fixed, fixed)
+    return flow
 
 
 def _scores(moving: torch.Tensor, fixed: torch.Tensor, offsets: list[tuple[int, ...]]) -> torch.Tensor:
@@ -93,21 +100,21 @@ def _scores(moving: torch.Tensor, fixed: torch.Tensor, offsets: list[tuple[int, 
     return scores
 
 
-def _compiled_scores(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor | None:
+def _compiled_flow(moving: torch.Tensor, fixed: torch.Tensor, subtract_self_match: bool) -> torch.Tensor | None:
     """
-    The 3D scores of bfloat16 CPU features (those of CPU inference under bfloat16 autocast) from the compiled
-    kernel (:py:func:`~monai_sacb.networks.blocks.numba_kernels.bfloat16_neighbour_products`), which reads
-    bfloat16 directly and computes them in about a third of the time; None where it does not apply: other
-    dtypes (so float32 results never depend on whether numba is installed), 2D, gradients, or no kernels.
+    The 3D flow of bfloat16 CPU features (those of CPU inference under bfloat16 autocast) from the compiled
+    kernel (:py:func:`~monai_sacb.networks.blocks.numba_kernels.bfloat16_matching_flow`); None where it does not
+    apply: other dtypes (so float32 results never depend on whether numba is installed), 2D, gradients, or no
+    kernels.
     """
     if fixed.ndim != 5 or fixed.dtype != torch.bfloat16 or moving.dtype != torch.bfloat16:
         return None
     kernels = compiled_cpu_kernels(moving, fixed)
     if kernels is None:
         return None
-    from monai_sacb.networks.blocks.numba_kernels import bfloat16_neighbour_products
+    from monai_sacb.networks.blocks.numba_kernels import bfloat16_matching_flow
 
-    return bfloat16_neighbour_products(moving, fixed, kernels)
+    return bfloat16_matching_flow(moving, fixed, subtract_self_match, kernels)
 
 
 def _shifted(score: torch.Tensor, offset: tuple[int, ...]) -> torch.Tensor:

@@ -8,10 +8,12 @@ runs as many small operations:
 - a trilinear warp about twice as fast as PyTorch's CPU ``grid_sample`` for multi-channel features, with its
   arithmetic (the same bits), float32;
 - for bfloat16 tensors (inference under CPU bfloat16 autocast): the instance norm + LeakyReLU, read once per pass;
-  the similarity matching's neighbour products, each feature map read once instead of converted and shifted 27
-  times; the local mean of the k-means descriptors, rounded once; and k-means itself, one call per block instead
-  of about a hundred small operations. These sum in other orders than the eager code (results equal up to
-  rounding), so float32 results never depend on whether numba is installed.
+  the similarity matching, each feature map read once instead of converted and shifted 27 times, its scores,
+  softmax and mean offset one plane of voxels at a time (with the self-match subtracted in the same pass); the local
+  mean of the k-means descriptors, rounded once; k-means itself, one call per block instead of about a hundred
+  small operations; and the SAC block's output (each voxel's cluster gathered, activated and added to the input in
+  one pass, the same bits). Most sum in other orders than the eager code (results equal up to rounding), so float32
+  results never depend on whether numba is installed.
 
 The eager formulation stays the fallback and the reference; the callers decide where these apply
 (:py:func:`numba_kernels`) and import this module only then, since importing numba takes a few tenths of a second.
@@ -42,9 +44,10 @@ __all__ = [
     "numba_kernels",
     "bfloat16_instance_norm_leaky_relu_",
     "trilinear_warp_",
-    "bfloat16_neighbour_products",
+    "bfloat16_matching_flow",
     "bfloat16_kmeans",
     "bfloat16_local_mean",
+    "bfloat16_select_activate_add",
     "bfloat16_average_pool_twice",
     "float32_upsample_twice",
 ]
@@ -271,46 +274,125 @@ if numba is not None:
                         out[b, z, y, x, c] = _in_dtype_of(out, value)
 
     @_jit(parallel=True)
-    def _channel_rows(features, rows):
-        """features (B, D, H, W, C) bfloat16 bits -> rows (B, D, H, C, W) float32 bits (exact): one channel's row of
-        W values contiguous, so that the products below run along rows."""
+    def _channel_planes(features, planes):
+        """features (B, D, H, W, C) bfloat16 bits -> planes (B, D, C, H * W) float32 bits (exact): one channel's
+        plane of H x W values contiguous, so that the products below run along whole planes."""
         batch, depth, height, width, channels = features.shape
         for task in numba.prange(batch * depth):
             b, z = task // depth, task % depth
             for y in range(height):
                 for x in range(width):
                     for c in range(channels):
-                        rows[b, z, y, c, x] = np.uint32(features[b, z, y, x, c]) << 16
+                        planes[b, z, c, y * width + x] = np.uint32(features[b, z, y, x, c]) << 16
+
+    @_jit(inline="always")
+    def _plane_scores(moving, fixed, b, z, width, scores):
+        """
+        scores[k, p] <- sum over c of fixed[b, z, c, p] * moving[b, z + dz, c, p + dy * W + dx] for one plane of
+        voxels p = y * W + x, zero where the neighbour is off the grid; (dz, dy, dx) the k-th offset of {-1, 0, 1}^3
+        in row-major order. moving and fixed (B, D, C, H * W) float32 planes, scores (27, H * W); float32 sums in
+        channel order. Each product runs along the whole plane (long vector loops); a shift by dx wraps into the
+        neighbouring row at the first or last column, whose scores are set to zero afterwards.
+        """
+        depth, channels, plane = fixed.shape[1:]
+        height = plane // width
+        k = 0
+        for dz in range(-1, 2):
+            for dy in range(-1, 2):
+                for dx in range(-1, 2):
+                    total = scores[k]
+                    total[:] = 0
+                    if 0 <= z + dz < depth:
+                        shift = dy * width + dx
+                        first = max(max(0, -dy) * width, -shift)
+                        last = min(min(height, height - dy) * width, plane - shift)
+                        part = total[first:last]
+                        for c in range(channels):
+                            centre = fixed[b, z, c, first:last]
+                            neighbour = moving[b, z + dz, c, first + shift : last + shift]
+                            for p in range(last - first):
+                                part[p] += centre[p] * neighbour[p]
+                        if dx != 0:
+                            column = 0 if dx < 0 else width - 1
+                            for y in range(height):
+                                total[y * width + column] = 0
+                    k += 1
+
+    # exp(x) = 2^n exp(r), x = n ln 2 + r: ln 2 split in two (the first part exact in float32 products with small
+    # n) and the Taylor-like minimax polynomial of exp on |r| <= ln(2) / 2, as in Cephes' expf (about 1 ulp)
+    _LOG2_E = np.float32(1.4426950408889634)
+    _LN2_HIGH, _LN2_LOW = np.float32(0.693359375), np.float32(-2.12194440e-4)
+    _EXP_COEFFICIENTS = (
+        np.float32(1.9875691500e-4),
+        np.float32(1.3981999507e-3),
+        np.float32(8.3334519073e-3),
+        np.float32(4.1665795894e-2),
+        np.float32(1.6666665459e-1),
+        np.float32(5.0000001201e-1),
+    )
+
+    @_jit(inline="always")
+    def _exp_of_nonpositive(x):
+        """exp(x) for float32 x <= 0, to about 1 ulp (below -87, exp(-87) ~ 1.6e-38), as arithmetic that vectorises."""
+        x = max(x, np.float32(-87))
+        n = np.floor(x * _LOG2_E + np.float32(0.5))
+        r = x - n * _LN2_HIGH - n * _LN2_LOW
+        c0, c1, c2, c3, c4, c5 = _EXP_COEFFICIENTS
+        p = (((((c0 * r + c1) * r + c2) * r + c3) * r + c4) * r + c5) * r * r + r + np.float32(1)
+        return p * _float32_from_bits(np.uint32(np.int32(n) + np.int32(127)) << np.uint32(23))
+
+    @_jit(inline="always")
+    def _add_expected_offsets(scores, sign, largest, weights, sums, flow_z, flow_y, flow_x):
+        """
+        flow_* (W,) += sign * sum over k of softmax(scores[:, x])_k * (dz, dy, dx)_k, from scores (27, W); largest
+        and weights (W,) and sums (3, W) are work space.
+        """
+        width = scores.shape[1]
+        largest[:] = scores[0]
+        for k in range(1, 27):
+            row = scores[k]
+            for x in range(width):
+                largest[x] = max(largest[x], row[x])
+        weights[:] = 0
+        sums[:] = 0
+        sum_z, sum_y, sum_x = sums[0], sums[1], sums[2]
+        for k in range(27):
+            row = scores[k]
+            dz, dy, dx = np.float32(k // 9 - 1), np.float32((k // 3) % 3 - 1), np.float32(k % 3 - 1)
+            for x in range(width):
+                e = _exp_of_nonpositive(row[x] - largest[x])
+                weights[x] += e
+                sum_z[x] += e * dz
+                sum_y[x] += e * dy
+                sum_x[x] += e * dx
+        for x in range(width):
+            scale = sign / weights[x]
+            flow_z[x] += sum_z[x] * scale
+            flow_y[x] += sum_y[x] * scale
+            flow_x[x] += sum_x[x] * scale
 
     @_jit(parallel=True, error_model="numpy")
-    def _neighbour_products(moving, fixed, scores):
+    def _neighbour_flow(moving, fixed, width, subtract_self, flow):
         """
-        scores[b, k, z, y, x] = sum over c of fixed[b, z, y, c, x] * moving[b, z + dz, y + dy, c, x + dx], zero
-        where the neighbour is off the grid; (dz, dy, dx) the k-th offset of {-1, 0, 1}^3 in row-major order.
-        moving and fixed (B, D, H, C, W) float32 rows, scores (B, 27, D, H, W); float32 sums in channel order.
+        flow (B, 3, D, H * W) float32 <- the matching flow of moving and fixed (B, D, C, H * W) float32 planes: per
+        voxel, the softmax over the 27 neighbour scores (``_plane_scores``) of the offsets' mean, less that of fixed
+        matched with itself where ``subtract_self``. One plane of scores at a time, never the whole (B, 27, *S) map.
         """
-        batch, depth, height, channels, width = fixed.shape
+        batch, depth, channels, plane = fixed.shape
         for task in numba.prange(batch * depth):
             b, z = task // depth, task % depth
-            total = np.empty(width, np.float32)
-            for y in range(height):
-                k = 0
-                for dz in range(-1, 2):
-                    for dy in range(-1, 2):
-                        inside = 0 <= z + dz < depth and 0 <= y + dy < height
-                        for dx in range(-1, 2):
-                            total[:] = 0
-                            if inside:
-                                # slices rather than x + dx indices: the inner loop then compiles to vector code
-                                first, last = max(0, -dx), min(width, width - dx)
-                                part = total[first:last]
-                                for c in range(channels):
-                                    centre = fixed[b, z, y, c, first:last]
-                                    neighbour = moving[b, z + dz, y + dy, c, first + dx : last + dx]
-                                    for x in range(last - first):
-                                        part[x] += centre[x] * neighbour[x]
-                            scores[b, k, z, y] = total
-                            k += 1
+            scores = np.empty((27, plane), np.float32)
+            largest, weights = np.empty(plane, np.float32), np.empty(plane, np.float32)
+            sums = np.empty((3, plane), np.float32)
+            flow_z, flow_y, flow_x = flow[b, 0, z], flow[b, 1, z], flow[b, 2, z]
+            flow_z[:] = 0
+            flow_y[:] = 0
+            flow_x[:] = 0
+            _plane_scores(moving, fixed, b, z, width, scores)
+            _add_expected_offsets(scores, np.float32(1), largest, weights, sums, flow_z, flow_y, flow_x)
+            if subtract_self:
+                _plane_scores(fixed, fixed, b, z, width, scores)
+                _add_expected_offsets(scores, np.float32(-1), largest, weights, sums, flow_z, flow_y, flow_x)
 
     @_jit
     def _round_to_bfloat16(value):
@@ -354,6 +436,24 @@ if numba is not None:
                         j = x * channels + c
                         total = rows[j] + rows[j + channels] + rows[j + 2 * channels]
                         out[b, z, y, x, c] = _round_to_bfloat16(total * inverse)
+
+    @_jit(parallel=True, error_model="numpy")
+    def _select_activate_add(stacked, assignments, residual, out, negative_slope):
+        """
+        out[n, c] <- residual[n, c] + leaky_relu(stacked[n, assignments[n] * C + c]), every operation rounded to
+        bfloat16 as PyTorch's eager bfloat16 ops round; stacked (N, K * C), residual and out (N, C) bfloat16 bits.
+        """
+        num_voxels, channels = out.shape
+        per_block = (num_voxels + _BLOCKS_PER_SAMPLE - 1) // _BLOCKS_PER_SAMPLE
+        for block in numba.prange(_BLOCKS_PER_SAMPLE):
+            for n in range(block * per_block, min(num_voxels, (block + 1) * per_block)):
+                first = assignments[n] * channels
+                for c in range(channels):
+                    value = _bfloat16_value(stacked[n, first + c])
+                    if not value > 0:
+                        value = _bfloat16_value(_rounded_to_bfloat16(_bits_of_float32(value * negative_slope)))
+                    total = _bfloat16_value(residual[n, c]) + value
+                    out[n, c] = _rounded_to_bfloat16(_bits_of_float32(total))
 
     # points of k-means handled per step: their float32 coordinates, one row per channel, stay in L1 cache
     _KMEANS_CHUNK = 256
@@ -552,10 +652,11 @@ if numba is not None:
         shifted_sums=_shifted_sums,
         normalise_=_normalise_,
         trilinear_warp=_trilinear_warp,
-        channel_rows=_channel_rows,
-        neighbour_products=_neighbour_products,
+        channel_planes=_channel_planes,
+        neighbour_flow=_neighbour_flow,
         kmeans=_kmeans,
         local_mean=_local_mean,
+        select_activate_add=_select_activate_add,
         average_pool_twice=_average_pool_twice,
         upsample_twice=_upsample_twice,
     )
@@ -623,28 +724,31 @@ def trilinear_warp_(
     return out if target is out else out.copy_(target)
 
 
-def bfloat16_neighbour_products(moving: torch.Tensor, fixed: torch.Tensor, kernels: SimpleNamespace) -> torch.Tensor:
+def bfloat16_matching_flow(
+    moving: torch.Tensor, fixed: torch.Tensor, subtract_self: bool, kernels: SimpleNamespace
+) -> torch.Tensor:
     """
-    The 27 scores of :py:func:`~monai_sacb.networks.blocks.matching.similarity_matching_flow` for bfloat16 CPU
-    features moving and fixed (B, C, D, H, W), any memory format: (B, 27, D, H, W) float32,
-    ``scores[:, k](p) = <fixed(p), moving(p + v_k)>`` (zero off the grid), the products exact in float32 and
-    summed over channels in their order. Each feature map is read once into float32 rows of one channel, instead
-    of being converted and sliced once per offset.
+    :py:func:`~monai_sacb.networks.blocks.matching.similarity_matching_flow` of bfloat16 CPU features moving and
+    fixed (B, C, D, H, W), any memory format, less ``similarity_matching_flow(fixed, fixed)`` where
+    ``subtract_self``: (B, 3, D, H, W) float32. The scores ``<fixed(p), moving(p + v)>`` as exact float32 products
+    summed over channels in their order, their softmax with a polynomial exp (about 1 ulp) and the mean offset,
+    one row of voxels at a time: each feature map is read once into float32 rows of one channel, and the
+    (B, 27, D, H, W) scores are never stored.
     """
     _set_threads(kernels)
 
-    def channel_rows(features: torch.Tensor) -> np.ndarray:
+    def channel_planes(features: torch.Tensor) -> np.ndarray:
         batch, channels, depth, height, width = features.shape
-        rows = np.empty((batch, depth, height, channels, width), np.uint32)
-        kernels.channel_rows(features.permute(0, 2, 3, 4, 1).view(torch.int16).numpy().view(np.uint16), rows)
-        return rows.view(np.float32)
+        planes = np.empty((batch, depth, channels, height * width), np.uint32)
+        kernels.channel_planes(features.permute(0, 2, 3, 4, 1).view(torch.int16).numpy().view(np.uint16), planes)
+        return planes.view(np.float32)
 
-    fixed_rows = channel_rows(fixed)
-    moving_rows = fixed_rows if moving is fixed else channel_rows(moving)
-    scores = torch.empty((fixed.shape[0], 27, *fixed.shape[2:]), dtype=torch.float32)
-    kernels.neighbour_products(moving_rows, fixed_rows, scores.numpy())
-    return scores
-
+    fixed_planes = channel_planes(fixed)
+    moving_planes = fixed_planes if moving is fixed else channel_planes(moving)
+    batch, depth, height, width = fixed.shape[0], *fixed.shape[2:]
+    flow = torch.empty((batch, 3, depth, height, width), dtype=torch.float32)
+    kernels.neighbour_flow(moving_planes, fixed_planes, width, subtract_self, flow.view(batch, 3, depth, -1).numpy())
+    return flow
 
 def bfloat16_kmeans(
     points: torch.Tensor, num_iters: int, init_draws: torch.Tensor, subset: torch.Tensor, kernels: SimpleNamespace
@@ -684,6 +788,32 @@ def bfloat16_local_mean(x: torch.Tensor, kernels: SimpleNamespace) -> torch.Tens
     kernels.local_mean(as_bits(x), as_bits(out))
     return out
 
+
+def bfloat16_select_activate_add(
+    stacked: torch.Tensor,
+    assignments: torch.Tensor,
+    residual: torch.Tensor,
+    negative_slope: float,
+    out: torch.Tensor,
+    kernels: SimpleNamespace,
+) -> torch.Tensor:
+    """
+    ``out = residual + leaky_relu(selected)`` for one sample of bfloat16 CPU tensors, where ``selected`` takes from
+    the stacked rows (N, K * C) each voxel's C values of its cluster (the "stacked" form of
+    :py:func:`~monai_sacb.networks.blocks.adaptive_conv.cluster_adaptive_conv`): one pass instead of a gather, an
+    activation and an addition, with their roundings (the same bits). residual and out are (C, *S) with channels
+    innermost in memory (one sample of a channels-last batch); assignments (N,) int64.
+    """
+    _set_threads(kernels)
+    as_rows = lambda t: t.movedim(0, -1).view(-1, t.shape[0]).view(torch.int16).numpy().view(np.uint16)  # noqa: E731
+    kernels.select_activate_add(
+        stacked.view(torch.int16).numpy().view(np.uint16),
+        assignments.numpy(),
+        as_rows(residual),
+        as_rows(out),
+        np.float32(negative_slope),
+    )
+    return out
 
 def bfloat16_average_pool_twice(x: torch.Tensor, kernels: SimpleNamespace) -> torch.Tensor:
     """

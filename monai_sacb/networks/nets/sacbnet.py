@@ -337,11 +337,13 @@ class SACBNetBackbone(nn.Module):
 
     def _match(self, features: torch.Tensor, batch: int) -> torch.Tensor:
         """Matching increment (B, spatial_dims, *S) of [fixed; moving] features (2B, C, *S)."""
-        fixed = features[:batch]
-        increment = similarity_matching_flow(features[batch:], fixed)
-        if self.subtract_self_estimate:
-            increment = increment - self._weighted_self_estimate(similarity_matching_flow(fixed, fixed))
-        return increment
+        fixed, moving = features[:batch], features[batch:]
+        if not self.subtract_self_estimate:
+            return similarity_matching_flow(moving, fixed)
+        weight = self._self_estimate_weight_now()
+        if weight == 1.0:
+            return similarity_matching_flow(moving, fixed, subtract_self_match=True)
+        return similarity_matching_flow(moving, fixed) - weight * similarity_matching_flow(fixed, fixed)
 
     def _weighted_self_estimate(self, estimate: torch.Tensor) -> torch.Tensor:
         """A self-estimate times ``self_estimate_weight`` in training mode; as it is in eval mode."""

@@ -165,60 +165,91 @@ def test_cpu_kernel_in_slabs_equals_the_plain_formulation(shape, self_match):
     assert torch.equal(fast, plain)
 
 
-def _float64_scores(moving, fixed):
-    """(B, 27, *S) exact scores <fixed(p), moving(p + v)> of a 3D pair, from the unfold reference's neighbourhoods."""
-    padded = F.pad(moving.double(), [1, 1] * 3)
-    spatial = fixed.shape[2:]
-    columns = []
-    for offset in itertools.product((-1, 0, 1), repeat=3):
-        window = tuple(slice(1 + o, 1 + o + s) for o, s in zip(offset, spatial))
-        columns.append((fixed.double() * padded[(slice(None), slice(None)) + window]).sum(1))
-    return torch.stack(columns, dim=1)
-
-
 @pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
 @pytest.mark.parametrize("shape", [(2, 16, 6, 7, 9), (1, 3, 5, 4, 3), (1, 64, 1, 1, 1), (2, 1, 3, 1, 2), (1, 5, 2, 6, 1)])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("self_match", [False, True])
-def test_compiled_bfloat16_scores_equal_float64_reference(shape, channels_last, self_match, monkeypatch):
-    """The compiled kernel's scores of bfloat16 features: exact products, float32 channel sums, every offset in
-    its place (grids down to one voxel, where every neighbour is off the grid); the flow then equals the eager one."""
+@pytest.mark.parametrize("subtract_self_match", [False, True])
+def test_compiled_bfloat16_flow_equals_references(shape, channels_last, self_match, subtract_self_match, monkeypatch):
+    """The compiled kernel's flow of bfloat16 features: every offset in its place (grids down to one voxel, where
+    every neighbour is off the grid; one-voxel-wide rows, where every column is a first and a last one), equal to
+    the float64 unfold reference and to the eager float32 code up to float32 rounding."""
     monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
     generator = torch.Generator().manual_seed(7)
-    fixed = (torch.randn(shape, generator=generator) * 3 + 1).bfloat16()
-    moving = fixed if self_match else (torch.randn(shape, generator=generator) * 3 - 1).bfloat16()
+    fixed = torch.randn(shape, generator=generator).bfloat16()
+    moving = fixed if self_match else (torch.randn(shape, generator=generator) * 1.5 - 0.5).bfloat16()
     if channels_last:
         fixed = fixed.contiguous(memory_format=torch.channels_last_3d)
         moving = fixed if self_match else moving.contiguous(memory_format=torch.channels_last_3d)
     with torch.no_grad():
-        scores = matching_module._compiled_scores(moving, fixed)
-        assert scores is not None and scores.dtype == torch.float32
-        expected = _float64_scores(moving, fixed)
-        bound = shape[1] * 2.0**-23 * _float64_scores(moving.abs(), fixed.abs())  # float32 sums of shape[1] terms
-        assert ((scores.double() - expected).abs() <= bound + 1e-30).all()
-        assert expected.abs().max() > 1
-        flow = similarity_matching_flow(moving, fixed)
+        flow = matching_module._compiled_flow(moving, fixed, subtract_self_match)
+        assert flow is not None and flow.dtype == torch.float32 and flow.shape == (shape[0], 3, *shape[2:])
+        expected = reference_flow(moving.double(), fixed.double())
+        if subtract_self_match:
+            expected = expected - reference_flow(fixed.double(), fixed.double())
+        torch.testing.assert_close(flow.double(), expected, rtol=0, atol=2e-5)
+        if shape[2:] != (1, 1, 1) and not (self_match and subtract_self_match):  # one voxel: no neighbour, no flow
+            assert expected.abs().max() > 0.05
         monkeypatch.setenv("MONAI_SACB_NUMBA", "0")
-        eager = similarity_matching_flow(moving, fixed)
+        eager = similarity_matching_flow(moving, fixed, subtract_self_match=subtract_self_match)
     torch.testing.assert_close(flow, eager, rtol=0, atol=1e-5)
+    if self_match and subtract_self_match:
+        assert torch.equal(flow, torch.zeros_like(flow))  # the same arithmetic both ways: exactly zero
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
-def test_compiled_scores_apply_to_3d_bfloat16_inference_only(monkeypatch):
+def test_compiled_softmax_exp_is_within_one_ulp():
+    """The kernel's polynomial exp of the shifted scores (x <= 0) against float64, over its whole range."""
+    import numpy as np
+
+    from monai_sacb.networks.blocks import numba_kernels as kernels_module
+
+    values = np.concatenate([np.linspace(-87, 0, 1501), -np.geomspace(1e-7, 1, 500), [0.0, -0.5 * np.log(2)]])
+    values = values.astype(np.float32)
+    result = np.array([kernels_module._exp_of_nonpositive(v) for v in values], dtype=np.float64)
+    expected = np.exp(values.astype(np.float64))
+    assert np.all(np.abs(result - expected) <= 2.0**-23 * expected)  # measured: 0.56 ulp at most
+    assert 0 < kernels_module._exp_of_nonpositive(np.float32(-200)) <= 1.0001 * np.exp(-87)  # clamped, still tiny
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+def test_compiled_self_match_subtraction_is_exactly_zero_for_equal_features(monkeypatch):
+    """Features equal to fixed (another tensor, as a warped moving image equal to the fixed one gives) move nothing."""
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
+    fixed = torch.randn(1, 8, 6, 7, 5, generator=torch.Generator().manual_seed(9)).bfloat16()
+    with torch.no_grad():
+        flow = similarity_matching_flow(fixed.clone(), fixed, subtract_self_match=True)
+        assert similarity_matching_flow(fixed.clone(), fixed).abs().max() > 0.05  # the bias that is subtracted
+    assert torch.equal(flow, torch.zeros_like(flow))
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+def test_compiled_flow_applies_to_3d_bfloat16_inference_only(monkeypatch):
     """float32 results must not depend on numba being installed; gradients and 2D take the eager code."""
     monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
     assert numba_kernels() is not None
     features = torch.randn(1, 4, 4, 5, 6, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
-        assert matching_module._compiled_scores(features.bfloat16(), features.bfloat16()) is not None
-        assert matching_module._compiled_scores(features, features) is None
-        assert matching_module._compiled_scores(features.bfloat16(), features) is None
-        assert matching_module._compiled_scores(features[..., 0].bfloat16(), features[..., 0].bfloat16()) is None
+        assert matching_module._compiled_flow(features.bfloat16(), features.bfloat16(), False) is not None
+        assert matching_module._compiled_flow(features, features, False) is None
+        assert matching_module._compiled_flow(features.bfloat16(), features, False) is None
+        assert matching_module._compiled_flow(features[..., 0].bfloat16(), features[..., 0].bfloat16(), False) is None
     tracked = features.bfloat16().requires_grad_()
-    assert matching_module._compiled_scores(tracked, tracked) is None
+    assert matching_module._compiled_flow(tracked, tracked, False) is None
     monkeypatch.setenv("MONAI_SACB_NUMBA", "0")
     with torch.no_grad():
-        assert matching_module._compiled_scores(features.bfloat16(), features.bfloat16()) is None
+        assert matching_module._compiled_flow(features.bfloat16(), features.bfloat16(), False) is None
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6), (1, 4, 4, 5, 3)])
+def test_subtract_self_match_equals_the_difference(shape):
+    generator = torch.Generator().manual_seed(10)
+    moving, fixed = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+    flow = similarity_matching_flow(moving, fixed, subtract_self_match=True)
+    expected = similarity_matching_flow(moving, fixed) - similarity_matching_flow(fixed, fixed)
+    assert similarity_matching_flow(fixed, fixed).abs().max() > 0.05
+    assert torch.equal(flow, expected)
+    assert torch.equal(similarity_matching_flow(fixed, fixed, subtract_self_match=True), torch.zeros_like(flow))
 
 
 def test_self_match_gradients_equal_reference():

@@ -92,6 +92,60 @@ def test_compiled_local_mean_only_for_3d_bfloat16_without_gradient(monkeypatch):
     assert sac_module._compiled_local_mean(x.bfloat16()) is None
 
 
+@pytest.mark.parametrize("shape", [(2, 16, 8, 6, 10), (1, 8, 5, 4, 3)])
+def test_compiled_bfloat16_block_output_has_the_eager_bits(shape, monkeypatch):
+    """Under CPU bfloat16 autocast without gradient, the gather of each voxel's cluster, the activation and the
+    residual addition run as one compiled pass: the same bits as the eager gather, leaky_relu_ and addition."""
+    pytest.importorskip("numba")
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN has no bfloat16 convolutions on this CPU")
+    from monai_sacb.networks.blocks import sac as sac_module
+
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
+    torch.manual_seed(4)
+    block = SACBlock(3, shape[1], num_clusters=5).eval()
+    inputs = torch.randn(shape).bfloat16().contiguous(memory_format=torch.channels_last_3d)
+    calls = []
+    compiled = sac_module._compiled_block_output
+    monkeypatch.setattr(sac_module, "_compiled_block_output", lambda *a: calls.append(compiled(*a)) or calls[-1])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = block(inputs)
+        assert calls and calls[-1] is not None
+        monkeypatch.setattr(sac_module, "_compiled_block_output", lambda *a: None)
+        eager = block(inputs)
+    assert fused.dtype == eager.dtype == torch.bfloat16
+    assert fused.is_contiguous(memory_format=torch.channels_last_3d)
+    assert (fused < inputs).float().mean() > 0.1  # negative outputs: the activation's slope is exercised
+    assert torch.equal(fused.view(torch.int16), eager.view(torch.int16))
+
+
+def test_compiled_block_output_only_for_3d_bfloat16_channels_last_inference(monkeypatch):
+    pytest.importorskip("numba")
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN has no bfloat16 convolutions on this CPU")
+    from monai_sacb.networks.blocks import sac as sac_module
+
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "1")
+    block = SACBlock(3, 4, num_clusters=3).eval()
+    x = torch.randn(1, 4, 4, 5, 6, generator=torch.Generator().manual_seed(2))
+    weight, gains = block.weight, torch.rand(1, 3, 27)
+    assignments, biases = torch.zeros(1, 120, dtype=torch.int64), torch.zeros(1, 3, 4)
+
+    def output(inputs):
+        return sac_module._compiled_block_output(inputs, inputs, weight, gains, assignments, biases, 0.1)
+
+    channels_last = x.bfloat16().contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert output(channels_last) is not None
+        assert output(x.contiguous(memory_format=torch.channels_last_3d)) is None  # float32: never numba-dependent
+        assert output(x.bfloat16()) is None  # contiguous: not rows of whole voxels
+    with torch.no_grad():
+        assert output(channels_last) is None  # no autocast: the convolution does not compute in bfloat16
+    monkeypatch.setenv("MONAI_SACB_NUMBA", "0")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert output(channels_last) is None
+
+
 def _spec_block_forward(block, inputs, num_clusters, iters=10, seed=0):
     """The block written out from the design spec, with the block's own parameters."""
     spatial_dims = inputs.ndim - 2
