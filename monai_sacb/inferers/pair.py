@@ -52,17 +52,20 @@ def _foreground_profiles(inputs: torch.Tensor) -> list[torch.Tensor]:
     """
     For each spatial axis of (B, C, *S) images, a (S_axis,) bool: whether the slice at that position holds a voxel
     brighter than the minimum of its image (sample and channel) in any sample or channel. From maxima over the other
-    axes, two reads of the images in all (instead of a foreground mask and a reduction of it per axis).
+    axes: three reductions that run along memory (the minimum, the maxima over all but the first axis, the maxima
+    over the first axis), each a fraction of a millisecond for a 80x96x80 pair, instead of a foreground mask and a
+    reduction of it per axis (or ``aminmax`` along the short last axis, several times slower).
     """
-    last = inputs.ndim - 1
+    spatial_dims = inputs.ndim - 2
 
     def amax(values: torch.Tensor, dims: list[int]) -> torch.Tensor:
         return values.amax(dims) if dims else values  # amax over no dimension would reduce over all of them
 
-    row_min, row_max = torch.aminmax(inputs, dim=last)  # (B, C, *S[:-1])
-    minimum = row_min.flatten(2).amin(2) if row_min.ndim > 2 else row_min  # (B, C)
-    lines = [amax(row_max, [d for d in range(2, last) if d != axis]) for axis in range(2, last)]
-    lines.append(amax(inputs, list(range(2, last))))
+    minimum = inputs.flatten(2).amin(2)  # (B, C)
+    lines = [inputs.flatten(3).amax(3) if spatial_dims > 1 else inputs]  # (B, C, S[0])
+    if spatial_dims > 1:
+        rest = inputs.amax(2)  # (B, C, *S[1:])
+        lines += [amax(rest, [d for d in range(2, rest.ndim) if d != axis]) for axis in range(2, rest.ndim)]
     return [(line > minimum.unsqueeze(-1)).flatten(0, 1).any(0) for line in lines]
 
 
