@@ -33,10 +33,12 @@ def stacked_kernels_rows(x, weight, gains, bias):
     spatial_dims = x.ndim - 2
     batch, in_channels = x.shape[:2]
     out_channels, num_taps, num_clusters = weight.shape[0], 3**spatial_dims, gains.shape[1]
-    taps = weight.reshape(1, 1, out_channels, in_channels, num_taps)
-    kernels = (taps * gains.reshape(batch, num_clusters, 1, 1, num_taps)).reshape(
-        batch, num_clusters * out_channels, in_channels, *weight.shape[2:]
-    )
+    # the stacked kernels are built with channels innermost, the layout the channels-last convolution takes, so
+    # that they are not copied into it afterwards
+    taps = weight.movedim(1, -1).reshape(1, 1, out_channels, num_taps, in_channels)
+    kernels = (taps * gains.reshape(batch, num_clusters, 1, num_taps, 1)).reshape(
+        batch, num_clusters * out_channels, *weight.shape[2:], in_channels
+    ).movedim(-1, 2)
     layout = channels_last_format(spatial_dims)
     for b in range(batch):
         stacked = same_conv(
