@@ -13,8 +13,8 @@ The table gives the median and the fastest of ``--repeats`` calls of each (ms), 
 difference between the two outputs (the warps and the upsampling: 0, the same bits; the norm: at most a rare step
 of bfloat16, since its statistics are summed in another order; the pooling: a bfloat16 step where the eager code's
 three roundings differ from the one of the exact mean; the matching: float32 rounding of the flow, its channel sums
-being summed in another order). The network uses the compiled norm from 2^20 values up
-(``norm_act._NUMBA_MIN_ELEMENTS``), where it is faster; this table measures it at every level.
+being summed in another order). The network uses the compiled norm at every size (0.9.10; from 2^20 values up
+before, when its per-call costs were higher).
 
     python benchmarks/bench_numba_kernels.py --threads 2
     python benchmarks/bench_numba_kernels.py --size 96,112,96 --repeats 30
@@ -34,7 +34,6 @@ from monai_sacb.networks import SACBNetBackbone
 from monai_sacb.networks.blocks import (
     AvgPool2x,
     instance_norm_leaky_relu,
-    norm_act,
     similarity_matching_flow,
     warp_with_ddf,
 )
@@ -66,7 +65,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if numba_kernels() is None:
         raise SystemExit("numba is not installed (pip install numba) or MONAI_SACB_NUMBA=0: nothing to compare.")
-    norm_act._NUMBA_MIN_ELEMENTS = 0  # the compiled norm at every size, also below the size where the network uses it
     size = tuple(int(s) for s in args.size.split(","))
     generator = torch.Generator().manual_seed(0)
     rows = []

@@ -128,8 +128,6 @@ def _forward_in_place(x: torch.Tensor, negative_slope: float, eps: float) -> tup
 
 # float32 elements of one chunk of the bfloat16 kernel: small enough to stay in cache between its passes
 _CHUNK_ELEMENTS = 2**18
-# below this many elements the compiled bfloat16 kernel's fixed costs exceed its gain (bench_numba_kernels.py)
-_NUMBA_MIN_ELEMENTS = 2**20
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -164,11 +162,12 @@ def _bfloat16_in_place(x: torch.Tensor, negative_slope: float, eps: float) -> to
     normalising a float32 copy of x (2 x 8 x 96 x 112 x 96, 2 threads). The statistics are shifted sums, of
     (x - k) and (x - k)^2 with k each channel's mean over an evenly spread subset, summed pairwise within a chunk
     and in float64 across chunks: with k near the mean, as exact as the centred two-pass formula. With numba
-    installed and at least 2^20 values in x, the same function as one compiled loop per pass (float32 sums over
-    32 rows added in float64; about 2x faster again, :py:mod:`~monai_sacb.networks.blocks.numba_kernels`).
+    installed, the same function as one compiled loop per pass (float32 sums over 32 rows added in float64; about
+    2x faster again at full resolution and no slower down to a few voxels,
+    :py:mod:`~monai_sacb.networks.blocks.numba_kernels`).
     """
     rows, channels, repeats = _voxel_major_rows(x)
-    kernels = compiled_cpu_kernels(x) if x.numel() >= _NUMBA_MIN_ELEMENTS else None
+    kernels = compiled_cpu_kernels(x)
     if kernels is not None:
         from monai_sacb.networks.blocks.numba_kernels import bfloat16_instance_norm_leaky_relu_
 
