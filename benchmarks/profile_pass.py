@@ -82,7 +82,11 @@ def main() -> None:
         stacked = use_stacked_pair(torch.empty(1, 1, 1, 1, 1))
     if stacked:  # bfloat16 inference with AMX: the full-resolution layers on the stacked pair (pair_stacking.py)
         net.encoder.forward_stacked_pair = _timed(totals, "encoder", net.encoder.forward_stacked_pair)
-        sacbnet_module.stacked_conv_norm_act = _timed(totals, "refine", sacbnet_module.stacked_conv_norm_act)
+        layer_of_pair = sacbnet_module.stacked_conv_norm_act  # the refinement's layers, and the head's second one
+        timed_layer = _timed(totals, "refine", layer_of_pair)
+        sacbnet_module.stacked_conv_norm_act = lambda layer, x: (
+            timed_layer(layer, x) if any(layer is refining for refining in net.refine) else layer_of_pair(layer, x)
+        )
         net._stacked_head = _timed(totals, "head", net._stacked_head)
     else:  # the head runs layer by layer when the self-estimate is subtracted (one folded convolution besides)
         for module in (net.head[0].conv, net.head[0].adn, *net.head[1:]):

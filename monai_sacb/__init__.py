@@ -1,3 +1,3 @@
 """SACB-Net as MONAI components."""
 
-__version__ = "0.9.9"
+__version__ = "0.9.10"
