@@ -126,7 +126,8 @@ if numba is not None:
     def _shifted_sums(rows, channels, num_blocks):
         """
         rows (G, N, R) bfloat16 bits, R = repeats * channels -> the per-channel shift k (the mean of about 64
-        spread rows, near enough to the mean for the sums not to cancel; (G, R) float32) and the sums of (x - k) and (x - k)^2 per block and column (G, blocks, 2, R),
+        spread rows, near enough to the mean for the sums not to cancel; (G, R) float32) and the sums of (x - k)
+        and (x - k)^2 per block and column (G, blocks, 2, R),
         float64 sums of float32 partial sums over 32 rows (relative error about 1e-7 of the partial sums).
         """
         groups, num_rows, width = rows.shape
@@ -345,8 +346,8 @@ if numba is not None:
     @_jit(inline="always")
     def _add_expected_offsets(scores, sign, largest, weights, sums, flow_z, flow_y, flow_x):
         """
-        flow_* (W,) += sign * sum over k of softmax(scores[:, x])_k * (dz, dy, dx)_k, from scores (27, W); largest
-        and weights (W,) and sums (3, W) are work space.
+        flow_* (N,) += sign * sum over k of softmax(scores[:, p])_k * (dz, dy, dx)_k, from scores (27, N); largest
+        and weights (N,) and sums (3, N) are work space.
         """
         width = scores.shape[1]
         largest[:] = scores[0]
