@@ -349,29 +349,29 @@ if numba is not None:
         flow_* (N,) += sign * sum over k of softmax(scores[:, p])_k * (dz, dy, dx)_k, from scores (27, N); largest
         and weights (N,) and sums (3, N) are work space.
         """
-        width = scores.shape[1]
+        count = scores.shape[1]
         largest[:] = scores[0]
         for k in range(1, 27):
             row = scores[k]
-            for x in range(width):
-                largest[x] = max(largest[x], row[x])
+            for p in range(count):
+                largest[p] = max(largest[p], row[p])
         weights[:] = 0
         sums[:] = 0
         sum_z, sum_y, sum_x = sums[0], sums[1], sums[2]
         for k in range(27):
             row = scores[k]
             dz, dy, dx = np.float32(k // 9 - 1), np.float32((k // 3) % 3 - 1), np.float32(k % 3 - 1)
-            for x in range(width):
-                e = _exp_of_nonpositive(row[x] - largest[x])
-                weights[x] += e
-                sum_z[x] += e * dz
-                sum_y[x] += e * dy
-                sum_x[x] += e * dx
-        for x in range(width):
-            scale = sign / weights[x]
-            flow_z[x] += sum_z[x] * scale
-            flow_y[x] += sum_y[x] * scale
-            flow_x[x] += sum_x[x] * scale
+            for p in range(count):
+                e = _exp_of_nonpositive(row[p] - largest[p])
+                weights[p] += e
+                sum_z[p] += e * dz
+                sum_y[p] += e * dy
+                sum_x[p] += e * dx
+        for p in range(count):
+            scale = sign / weights[p]
+            flow_z[p] += sum_z[p] * scale
+            flow_y[p] += sum_y[p] * scale
+            flow_x[p] += sum_x[p] * scale
 
     @_jit(parallel=True, error_model="numpy")
     def _neighbour_flow(moving, fixed, width, subtract_self, flow):
@@ -734,7 +734,7 @@ def bfloat16_matching_flow(
     fixed (B, C, D, H, W), any memory format, less ``similarity_matching_flow(fixed, fixed)`` where
     ``subtract_self``: (B, 3, D, H, W) float32. The scores ``<fixed(p), moving(p + v)>`` as exact float32 products
     summed over channels in their order, their softmax with a polynomial exp (about 1 ulp) and the mean offset,
-    one row of voxels at a time: each feature map is read once into float32 rows of one channel, and the
+    one plane of voxels at a time: each feature map is read once into float32 planes of one channel, and the
     (B, 27, D, H, W) scores are never stored.
     """
     _set_threads(kernels)
@@ -751,6 +751,7 @@ def bfloat16_matching_flow(
     flow = torch.empty((batch, 3, depth, height, width), dtype=torch.float32)
     kernels.neighbour_flow(moving_planes, fixed_planes, width, subtract_self, flow.view(batch, 3, depth, -1).numpy())
     return flow
+
 
 def bfloat16_kmeans(
     points: torch.Tensor, num_iters: int, init_draws: torch.Tensor, subset: torch.Tensor, kernels: SimpleNamespace
@@ -816,6 +817,7 @@ def bfloat16_select_activate_add(
         np.float32(negative_slope),
     )
     return out
+
 
 def bfloat16_average_pool_twice(x: torch.Tensor, kernels: SimpleNamespace) -> torch.Tensor:
     """

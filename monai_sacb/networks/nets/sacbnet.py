@@ -340,10 +340,10 @@ class SACBNetBackbone(nn.Module):
         fixed, moving = features[:batch], features[batch:]
         if not self.subtract_self_estimate:
             return similarity_matching_flow(moving, fixed)
-        weight = self._self_estimate_weight_now()
-        if weight == 1.0:
+        if self._self_estimate_weight_now() == 1.0:  # the whole self-estimate: one call computes both matchings
             return similarity_matching_flow(moving, fixed, subtract_self_match=True)
-        return similarity_matching_flow(moving, fixed) - weight * similarity_matching_flow(fixed, fixed)
+        self_estimate = similarity_matching_flow(fixed, fixed)
+        return similarity_matching_flow(moving, fixed) - self._weighted_self_estimate(self_estimate)
 
     def _weighted_self_estimate(self, estimate: torch.Tensor) -> torch.Tensor:
         """A self-estimate times ``self_estimate_weight`` in training mode; as it is in eval mode."""

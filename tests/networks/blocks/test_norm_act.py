@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import monai_sacb.networks.blocks.norm_act as norm_act_module
 from monai_sacb.networks import InstanceNormLeakyReLU, instance_norm_leaky_relu
 from monai_sacb.networks.blocks.numba_kernels import numba_kernels
 
